@@ -1,0 +1,72 @@
+"""Command line of ``run.py``.
+
+    python run.py EXPERIMENT.yaml [key=value ...] [--resume [RUN_NAME]]    train one configuration
+
+Errors caused by input (bad config, missing data, unreadable checkpoint, unreachable tracking store)
+print one line ``error: ...`` and exit non-zero (2 for configuration errors), without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from attn.errors import AttnError
+
+
+def _train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run.py",
+        description="Train an attention model from an experiment file through Ray Train, tracked in MLflow.",
+    )
+    p.add_argument("experiment", help="experiment YAML file, e.g. experiments/mnist_ram.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-3 ray.num_workers=2")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RUN_NAME",
+        help="continue the newest (or the named) run of this experiment from its last checkpoint",
+    )
+    args = p.parse_args(argv)
+
+    from attn.config import load_config
+
+    cfg = load_config(args.experiment, args.overrides if args.resume is None else [])
+    from attn.distributed.driver import run_training
+
+    result = run_training(
+        cfg,
+        config_file=args.experiment,
+        resume=args.resume is not None,
+        resume_name=args.resume or None,
+        overrides=args.overrides if args.resume is not None else None,
+    )
+    m = result.metrics
+    if "test_error" in m:
+        print(
+            f"done: {result.run_name} | test error {m['test_error']:.2f}% (mean policy), "
+            f"{m.get('test_error_mc', float('nan')):.2f}% ({m.get('test_mc_samples', '?')} samples) | "
+            f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}"
+        )
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            argv = argv[1:]
+        return _train(argv)
+    except AttnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

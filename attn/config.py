@@ -1,0 +1,287 @@
+"""The experiment schema: the single source of truth for every option, its default and its bounds.
+
+An experiment is a YAML file (``experiments/*.yaml``) plus optional ``key=value`` overrides on the
+command line. Both go through :func:`load_config`, which refuses unknown keys, wrong types and
+out-of-range values with one sentence naming the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from attn.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: strict keys, validated on assignment, immutable defaults."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+class DataConfig(Section):
+    task: Literal["mnist"] = Field("mnist", description="Which dataset and label encoding to use.")
+    data_dir: Optional[str] = Field(
+        None,
+        description="Folder with the dataset files. None: the MNIST copy embedded in the package.",
+    )
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Seeded share of the training set held out for validation."
+    )
+    split_seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
+    train_subset: Optional[int] = Field(
+        None, ge=1, description="Use only the first N training images (after the split): quick runs."
+    )
+    eval_subset: Optional[int] = Field(
+        None, ge=1, description="Use only the first N validation and N test images: quick runs."
+    )
+    mean: float = Field(0.1307, description="Normalisation mean (pixel values in [0, 1]).")
+    std: float = Field(0.3081, gt=0.0, description="Normalisation standard deviation.")
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+class RetinaConfig(Section):
+    patch_size: int = Field(8, ge=1, description="g: side of the finest patch, and of every output patch.")
+    num_scales: int = Field(1, ge=1, le=8, description="k: patches per glimpse.")
+    scale: float = Field(2.0, ge=1.0, description="s: each patch is s times wider than the one before.")
+    pad_value: float = Field(
+        0.0, description="Value read outside the image (after normalisation: 0 = the dataset mean)."
+    )
+
+
+class CoreConfig(Section):
+    kind: Literal["rnn", "lstm"] = Field("rnn", description="The recurrent core integrating glimpses.")
+
+
+class ModelConfig(Section):
+    name: Literal["ram"] = Field("ram", description="RAM (Mnih et al. 2014): one label per image.")
+    retina: RetinaConfig = Field(default_factory=RetinaConfig)
+    what_size: int = Field(128, ge=1, description="Width of the glimpse net's 'what' branch (image patch).")
+    where_size: int = Field(128, ge=1, description="Width of the glimpse net's 'where' branch (location).")
+    hidden_size: int = Field(256, ge=1, description="d: glimpse vector and core state width.")
+    core: CoreConfig = Field(default_factory=CoreConfig)
+    num_glimpses: int = Field(6, ge=1, le=256, description="T: glimpses per episode.")
+    policy_std: float = Field(
+        0.05, gt=0.0, le=1.0, description="sigma of the Gaussian location policy, in [-1, 1] units."
+    )
+    initial_location: Literal["random", "center"] = Field(
+        "random", description="l_0: uniform in [-1, 1]^2, or the image centre."
+    )
+    policy_grad: Literal["detached", "full"] = Field(
+        "detached",
+        description=(
+            "detached: the location net reads a detached core state (REINFORCE trains only the "
+            "location net); full: REINFORCE also reaches the core and glimpse net."
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# training and evaluation
+# ---------------------------------------------------------------------------------------------
+class TrainConfig(Section):
+    epochs: int = Field(200, ge=1, description="Maximum number of epochs.")
+    batch_size: int = Field(128, ge=1, description="Images per optimiser step on each worker.")
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0.0, le=10.0, description="Learning rate.")
+    weight_decay: float = Field(0.01, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
+    scheduler: Literal["plateau", "exponential", "cosine", "none"] = Field(
+        "plateau", description="plateau: ReduceLROnPlateau on validation error."
+    )
+    plateau_patience: int = Field(20, ge=0, description="Epochs without improvement before the LR drops.")
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0)
+    gamma: float = Field(0.97, gt=0.0, le=1.0, description="Per-epoch LR factor (exponential).")
+    patience: int = Field(
+        50, ge=1, description="Early stopping: epochs since the best validation error before stopping."
+    )
+    rl_coef: float = Field(0.01, ge=0.0, description="lambda: weight of the REINFORCE term.")
+    grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the global gradient norm.")
+    seed: int = Field(1, ge=0, description="Base seed; worker r uses seed + r.")
+
+
+class EvalConfig(Section):
+    mc_samples: int = Field(10, ge=1, description="M: sampled episodes averaged at test time.")
+    seed: int = Field(1234, ge=0, description="Seed of evaluation episodes (l_0 and samples).")
+    batch_size: int = Field(1000, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# infrastructure
+# ---------------------------------------------------------------------------------------------
+class RayConfig(Section):
+    address: Optional[str] = Field(
+        None, description="A running cluster ('auto' or host:port). None: start Ray on this machine."
+    )
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
+    cpus_per_worker: float = Field(2.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="0: train on CPU with gloo; >0: GPUs with nccl.")
+    threads_per_worker: Optional[int] = Field(
+        None, ge=1, description="torch threads in each worker. None: cpus_per_worker rounded up."
+    )
+    storage_path: str = Field("runs", description="Where Ray Train keeps checkpoints (relative to cwd).")
+    max_failures: int = Field(0, ge=0, description="Worker-group restarts from the latest checkpoint.")
+
+
+class TrackingConfig(Section):
+    tracking_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI. None: sqlite:///<cwd>/mlflow.db."
+    )
+    experiment_name: Optional[str] = Field(None, description="None: the YAML file's stem.")
+    run_name: Optional[str] = Field(None, description="None: <task>-<model>-<core>-<timestamp>.")
+    artifact_location: Optional[str] = Field(
+        None, description="Artifact root of a new experiment. None: <cwd>/mlartifacts (file stores only)."
+    )
+
+
+class ExperimentConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "ExperimentConfig":
+        r = self.model.retina
+        largest = math.floor(r.patch_size * r.scale ** (r.num_scales - 1))
+        if largest > 4096:
+            raise ValueError(
+                f"model.retina: the largest patch would be {largest} px "
+                "(patch_size * scale**(num_scales-1)); keep it at most 4096"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+def _describe_error(err: dict[str, Any]) -> str:
+    msg = err.get("msg", "invalid value")
+    ctx = err.get("ctx") or {}
+    if err.get("type") == "literal_error" and "expected" in ctx:
+        return f"allowed values are {ctx['expected']}"
+    if err.get("type") == "extra_forbidden":
+        return "unknown key"
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The valid keys of the section that holds the key at ``loc``."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def validate_config(raw: dict[str, Any], source: str) -> ExperimentConfig:
+    """Validate a nested dict against the schema; raise :class:`ConfigError` with one clear line."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(str(p) for p in err.get("loc", ()))
+        key = ".".join(loc) if loc else "(top level)"
+        what = _describe_error(err)
+        if err.get("type") == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            hint = f"; valid keys here: {', '.join(allowed)}" if allowed else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}") from None
+        value = err.get("input")
+        shown = "" if loc == () or isinstance(value, dict) else f" = {value!r}"
+        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{source}: key '{key}'{shown} is invalid: {what}{more}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (['a', 'b', 'c'], parsed value). Values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.lr=0.001")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': the key must be dotted names, e.g. train.lr=0.001")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the experiment file ({exc})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment, apply ``key=value`` overrides, validate; name the file in every error."""
+    raw = read_yaml(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        raw = apply_overrides(raw, list(overrides))
+        source = f"{source} (with overrides {' '.join(overrides)})"
+    cfg = validate_config(raw, source)
+    if path is not None and cfg.tracking.experiment_name is None:
+        cfg.tracking.experiment_name = Path(path).stem
+    return cfg
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b': value}: the form MLflow params take."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,25 @@
+"""Datasets, one module per task; :func:`build_data` picks the task named in the config."""
+
+from __future__ import annotations
+
+from attn.config import DataConfig
+from attn.data.base import BatchLoader, DataSpec, Split, TaskData
+
+
+def build_data(cfg: DataConfig) -> TaskData:
+    """Load the task's splits, then apply the optional ``train_subset`` / ``eval_subset`` caps."""
+    if cfg.task == "mnist":
+        from attn.data.mnist import load_mnist
+
+        data = load_mnist(
+            cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std
+        )
+    else:  # pragma: no cover - the schema admits only the tasks above
+        raise ValueError(f"unknown task {cfg.task!r}")
+    data.train = data.train.head(cfg.train_subset)
+    data.val = data.val.head(cfg.eval_subset)
+    data.test = data.test.head(cfg.eval_subset)
+    return data
+
+
+__all__ = ["BatchLoader", "DataSpec", "Split", "TaskData", "build_data"]

@@ -1,0 +1,188 @@
+"""Per-run driver: start (or join) Ray, open the MLflow run, fit a ``TorchTrainer``, close the run.
+
+Storage layout (``ray.storage_path``, default ``./runs``)::
+
+    runs/<experiment>/<run_name>/          Ray Train's run folder (checkpoints, state)
+    runs/<experiment>/<run_name>/attn_run.json   run name, MLflow run id, resolved config
+
+``--resume`` relaunches the same Ray Train run name, so Ray restores its checkpoint manager and the
+workers continue from the latest checkpoint into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from attn.config import ExperimentConfig, apply_overrides, validate_config
+from attn.errors import AttnError, ConfigError
+from attn.tracking import end_run, ensure_experiment, resolve_tracking_uri, start_run
+
+RUN_FILE = "attn_run.json"
+
+
+@dataclass
+class RunResult:
+    run_name: str
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, Any]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    m = cfg.model
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return _slug(f"{cfg.data.task}-{m.name}-{m.core.kind}-g{m.num_glimpses}-{stamp}")
+
+
+def experiment_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.ray.storage_path).expanduser().resolve() / _slug(cfg.tracking.experiment_name or "default")
+
+
+def find_run(cfg: ExperimentConfig, name: Optional[str]) -> Path:
+    """The run folder to resume: ``name`` if given, else the newest run of the experiment."""
+    root = experiment_dir(cfg)
+    if name:
+        d = root / name
+        if not (d / RUN_FILE).is_file():
+            raise ConfigError(f"--resume {name}: no run of that name in {root}")
+        return d
+    runs = sorted((p for p in root.glob(f"*/{RUN_FILE}")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"--resume: no earlier run of experiment '{cfg.tracking.experiment_name}' in {root}")
+    return runs[-1].parent
+
+
+def _ray_init(cfg: ExperimentConfig) -> bool:
+    """Connect to ``ray.address`` (or RAY_ADDRESS), else start Ray here. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
+    if address:
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise AttnError(
+                f"ray.address={address}: cannot connect to the Ray cluster ({str(exc).splitlines()[0][:200]})"
+            ) from None
+    else:
+        ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning")
+    return True
+
+
+def _check_resources(cfg: ExperimentConfig) -> None:
+    import ray
+
+    total = ray.cluster_resources()
+    need_cpu = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    need_gpu = cfg.ray.num_workers * cfg.ray.gpus_per_worker
+    if need_cpu > total.get("CPU", 0) + 1e-9 or need_gpu > total.get("GPU", 0) + 1e-9:
+        raise ConfigError(
+            f"ray: {cfg.ray.num_workers} worker(s) x ({cfg.ray.cpus_per_worker} CPU, {cfg.ray.gpus_per_worker} GPU) "
+            f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs, but the cluster has {total.get('CPU', 0):g} CPUs and "
+            f"{total.get('GPU', 0):g} GPUs; lower ray.num_workers or ray.cpus_per_worker/gpus_per_worker"
+        )
+
+
+def run_training(
+    cfg: ExperimentConfig,
+    *,
+    config_file: Optional[str] = None,
+    resume: bool = False,
+    resume_name: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+) -> RunResult:
+    """Train one configuration through Ray Train; return where it lives and its final metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from attn.distributed.worker import train_loop_per_worker
+
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    if resume:
+        run_dir = find_run(cfg, resume_name)
+        saved = json.loads((run_dir / RUN_FILE).read_text())
+        # The run keeps its saved config; overrides given with --resume (e.g. more epochs) apply on top.
+        cfg = validate_config(apply_overrides(saved["config"], list(overrides or [])), f"{run_dir / RUN_FILE}")
+        run_name, run_id, uri = saved["run_name"], saved["mlflow_run_id"], saved["tracking_uri"]
+        print(f"resuming run {run_name} (MLflow run {run_id})", flush=True)
+    else:
+        run_name = cfg.tracking.run_name or default_run_name(cfg)
+        run_dir = experiment_dir(cfg) / run_name
+        if (run_dir / RUN_FILE).exists():
+            raise ConfigError(
+                f"tracking.run_name={run_name}: a run of that name exists in {run_dir.parent}; "
+                "pick another name or pass --resume to continue it"
+            )
+        exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"ray.storage_path: cannot create {run_dir} ({exc.strerror})") from None
+        run_id = start_run(uri, exp_id, cfg, run_name, config_file=config_file)
+        (run_dir / RUN_FILE).write_text(
+            json.dumps(
+                {"run_name": run_name, "mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict()},
+                indent=2,
+            )
+        )
+        print(f"run {run_name}: MLflow run {run_id} in {uri}", flush=True)
+
+    started_ray = _ray_init(cfg)
+    status = "FAILED"
+    try:
+        _check_resources(cfg)
+        r = cfg.ray
+        resources = {"CPU": r.cpus_per_worker}
+        if r.gpus_per_worker > 0:
+            resources["GPU"] = r.gpus_per_worker
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}},
+            scaling_config=ScalingConfig(
+                num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(run_dir.parent),
+                failure_config=FailureConfig(max_failures=r.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            text = str(cause).strip().splitlines()
+            raise AttnError(
+                f"run {run_name} failed: {text[-1][:300] if text else type(cause).__name__}; "
+                f"see the log above, fix the cause and continue with --resume"
+            ) from None
+        status = "FINISHED"
+        return RunResult(run_name, run_dir, run_id, uri, dict(result.metrics or {}))
+    finally:
+        try:
+            end_run(uri, run_id, status)
+        except Exception:  # noqa: BLE001 - never hide the original error behind a tracking hiccup
+            pass
+        if started_ray:
+            import ray
+
+            ray.shutdown()

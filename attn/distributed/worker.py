@@ -1,0 +1,95 @@
+"""Per-worker training function run by ``ray.train.torch.TorchTrainer`` on every rank.
+
+It adapts Ray Train to the engine's two interfaces: checkpoints and reports go through
+``ray.train.get_checkpoint`` / ``ray.train.report``; metrics go to MLflow from rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from typing import Any, Optional
+
+import ray.train
+import ray.train.torch
+import torch
+
+from attn.config import ExperimentConfig
+from attn.engine.trainer import NullTracker, WorkerInfo, fit
+from attn.runtime import configure_torch
+
+
+class RayReporter:
+    """Checkpoint in/out through Ray Train. The restored checkpoint is copied to a local folder."""
+
+    def __init__(self) -> None:
+        self._restore_dir: Optional[str] = None
+
+    def latest_checkpoint(self) -> Optional[str]:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._restore_dir = tempfile.mkdtemp(prefix="attn-restore-")
+        ckpt.to_directory(self._restore_dir)
+        return self._restore_dir
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Optional[str]) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def cleanup(self) -> None:
+        if self._restore_dir:
+            shutil.rmtree(self._restore_dir, ignore_errors=True)
+
+
+def _quiet_ray_train_reports() -> None:
+    # Ray Train logs one "Reporting training result" INFO line per rank and epoch (with every
+    # metric), which drowns the progress lines; its logger is named after its source file.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # a Ray version without Train V2's module layout: keep its logging
+        pass
+
+
+def _log(line: str) -> None:
+    # Write to the stream, not through print(): Ray Train patches print to also copy every line into
+    # its logger, which shows each progress line twice on the driver.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker: ``loop_config`` = {"config": ..., "mlflow": {...}}."""
+    cfg = ExperimentConfig.model_validate(loop_config["config"])
+    _quiet_ray_train_reports()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = cfg.ray.threads_per_worker or max(1, int(-(-cfg.ray.cpus_per_worker // 1)))
+    configure_torch(threads)
+    device = ray.train.torch.get_device()
+
+    tracker: Any = NullTracker()
+    ml = loop_config.get("mlflow")
+    if rank == 0 and ml:
+        from attn.tracking import MlflowTracker
+
+        tracker = MlflowTracker(ml["uri"], ml["run_id"])
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        # prepare_model moves to the worker's device and wraps in DDP when world > 1.
+        return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+
+    reporter = RayReporter()
+    try:
+        fit(cfg, WorkerInfo(rank, world, device), reporter, tracker, wrap_model=wrap, log=_log if rank == 0 else _quiet)
+    finally:
+        reporter.cleanup()
+        sys.stdout.flush()

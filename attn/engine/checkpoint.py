@@ -1,0 +1,69 @@
+"""Self-contained checkpoints: a directory with ``state.pt`` (model, optimizer, scheduler, progress),
+``best_model.pt`` (the weights with the best validation error so far) and ``config.yaml``.
+
+Files are written to a temporary name and renamed into place, so a crash never leaves a half-written
+file under the real name; they are read with ``torch.load(weights_only=True)`` (no arbitrary
+unpickling) and mapped to CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attn.errors import CheckpointError
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model.pt"
+CONFIG_FILE = "config.yaml"
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any], best_model: dict[str, Any], config_yaml: str) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"format": FORMAT_VERSION, **state}, d / STATE_FILE)
+    atomic_torch_save(best_model, d / BEST_FILE)
+    atomic_write_text(config_yaml, d / CONFIG_FILE)
+    return d
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Load one checkpoint file safely; raise :class:`CheckpointError` naming the path if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not an attn checkpoint (expected a dict of tensors)")
+    return obj
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, best_model) from a checkpoint directory written by :func:`save_checkpoint`."""
+    d = Path(directory)
+    state = load_file(d / STATE_FILE)
+    if state.get("format") != FORMAT_VERSION or "model" not in state:
+        raise CheckpointError(f"{d / STATE_FILE}: not an attn checkpoint of format {FORMAT_VERSION}")
+    return state, load_file(d / BEST_FILE)

@@ -1,0 +1,222 @@
+"""The training run on one worker: epochs, validation, early stopping, checkpoints, final test.
+
+:func:`fit` is the same for every task and model and knows nothing of Ray or MLflow: it talks to the
+outside through two small interfaces, a :class:`Reporter` (checkpoints in and out, per-epoch reports:
+Ray Train's ``report``/``get_checkpoint`` in a worker) and a :class:`Tracker` (metrics and artifacts:
+MLflow on rank 0, nothing elsewhere). Tests and benchmarks can run it with local stand-ins.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+from torch import nn
+
+from attn.config import ExperimentConfig, dump_config
+from attn.data import BatchLoader, build_data
+from attn.engine.checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
+from attn.engine.loop import evaluate, train_epoch
+from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
+from attn.errors import CheckpointError
+from attn.models import build_model
+
+
+class Reporter(Protocol):
+    def latest_checkpoint(self) -> Optional[str]:
+        """Directory of the checkpoint to resume from (a local copy), or None."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Optional[str]) -> None:
+        """Called by every rank once per epoch; ``checkpoint_dir`` is given on rank 0 only."""
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None: ...
+
+
+class NullTracker:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
+        pass
+
+
+@dataclass
+class WorkerInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+
+def _epoch_seed(base: int, epoch: int, rank: int) -> int:
+    # Reseeding at every epoch makes a resumed run draw the same episodes as an uninterrupted one.
+    return (base * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def fit(
+    cfg: ExperimentConfig,
+    info: WorkerInfo,
+    reporter: Reporter,
+    tracker: Tracker,
+    wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Train ``cfg`` to the end (or early stop), test the best weights, return the final metrics."""
+    tc = cfg.train
+    is_chief = info.rank == 0
+    data = build_data(cfg.data)
+    torch.manual_seed(tc.seed + info.rank)
+    model = build_model(cfg.model, data.spec).to(info.device)
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc)
+    config_yaml = dump_config(cfg)
+
+    start_epoch, best_error, best_epoch, finished = 0, math.inf, -1, False
+    best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
+    resume_dir = reporter.latest_checkpoint()
+    if resume_dir is not None:
+        state, best_state = load_checkpoint(resume_dir)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{resume_dir}: checkpoint does not fit this config ({str(exc).splitlines()[0][:200]})"
+            ) from None
+        start_epoch, best_error, best_epoch = state["epoch"] + 1, state["best_error"], state["best_epoch"]
+        finished = bool(state.get("finished", False))
+        if is_chief:
+            log(f"resuming from {resume_dir}: epoch {start_epoch}, best val error {best_error:.2f}%")
+
+    train_model = wrap_model(model)
+    train_loader = BatchLoader(
+        data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=info.rank, world=info.world
+    )
+    eval_bs = cfg.eval.batch_size
+    val_loader = BatchLoader(data.val, eval_bs, shuffle=False, rank=info.rank, world=info.world)
+    test_loader = BatchLoader(data.test, eval_bs, shuffle=False, rank=info.rank, world=info.world)
+    if is_chief and start_epoch == 0:
+        n_params = sum(p.numel() for p in model.parameters())
+        log(
+            f"{cfg.model.name}/{cfg.model.core.kind} on {cfg.data.task}: {n_params:,} parameters; "
+            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
+            f"{info.world} worker(s) x batch {tc.batch_size}"
+        )
+
+    def save(epoch: int, metrics: dict[str, float], done: bool) -> None:
+        ckpt_dir = None
+        with tempfile.TemporaryDirectory(prefix="attn-ckpt-") as tmp:
+            if is_chief:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "epoch": epoch,
+                    "best_error": best_error,
+                    "best_epoch": best_epoch,
+                    "finished": done,
+                }
+                ckpt_dir = str(save_checkpoint(tmp, state, best_state, config_yaml))
+            reporter.report(metrics, ckpt_dir)
+
+    epoch = start_epoch - 1
+    epoch_times: list[float] = []
+    if not finished:
+        for epoch in range(start_epoch, tc.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(_epoch_seed(tc.seed, epoch, info.rank))
+            train_loader.set_epoch(epoch)
+            tm = train_epoch(
+                train_model, train_loader, data, optimizer, rl_coef=tc.rl_coef, device=info.device, grad_clip=tc.grad_clip
+            )
+            vm = evaluate(model, val_loader, data, device=info.device, policy="mean", seed=cfg.eval.seed)
+            lr = optimizer.param_groups[0]["lr"]
+            step_scheduler(scheduler, vm["error"])
+            if vm["error"] <= best_error:
+                best_error, best_epoch = vm["error"], epoch
+                best_state = copy.deepcopy(model.state_dict())
+            epoch_times.append(time.perf_counter() - t0)
+            metrics = {
+                "epoch": epoch,
+                "train_loss": tm["loss"],
+                "train_nll": tm["nll"],
+                "train_baseline_mse": tm["baseline_mse"],
+                "train_reinforce": tm["reinforce"],
+                "train_accuracy": tm["accuracy"],
+                "train_error": tm["error"],
+                "val_nll": vm["nll"],
+                "val_accuracy": vm["accuracy"],
+                "val_error": vm["error"],
+                "best_val_error": best_error,
+                "lr": lr,
+                "images_per_s": tm["images_per_s"],
+                "epoch_time_s": epoch_times[-1],
+            }
+            stop = epoch - best_epoch > tc.patience
+            if is_chief:
+                tracker.log_metrics(metrics, step=epoch)
+                left = (tc.epochs - epoch - 1) * (sum(epoch_times[-5:]) / len(epoch_times[-5:]))
+                log(
+                    f"epoch {epoch + 1}/{tc.epochs} | train loss {tm['loss']:.4f} acc {100 * tm['accuracy']:.2f}% "
+                    f"| val err {vm['error']:.2f}% (best {best_error:.2f}% @ {best_epoch + 1}) "
+                    f"| {tm['images_per_s']:,.0f} img/s | {epoch_times[-1]:.1f}s/epoch | left <= {_format_eta(left)}"
+                )
+            save(epoch, metrics, done=False)
+            if stop:
+                if is_chief:
+                    log(f"early stop: no better validation error for {tc.patience} epochs")
+                break
+
+    # Test the best weights: the mean policy, one sampled episode, and M averaged sampled episodes.
+    model.load_state_dict(best_state)
+    seed = cfg.eval.seed
+    t_mean = evaluate(model, test_loader, data, device=info.device, policy="mean", seed=seed)
+    t_one = evaluate(model, test_loader, data, device=info.device, policy="sample", mc_samples=1, seed=seed)
+    m = cfg.eval.mc_samples
+    t_mc = evaluate(model, test_loader, data, device=info.device, policy="sample", mc_samples=m, seed=seed)
+    final = {
+        "epoch": max(epoch, start_epoch - 1),
+        "best_epoch": best_epoch,
+        "best_val_error": best_error,
+        "test_error": t_mean["error"],
+        "test_nll": t_mean["nll"],
+        "test_error_sample": t_one["error"],
+        "test_error_mc": t_mc["error"],
+        "test_mc_samples": m,
+    }
+    if is_chief:
+        tracker.log_metrics({k: v for k, v in final.items() if k != "epoch"}, step=final["epoch"])
+        log(
+            f"test error (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
+            f"1 sample {t_one['error']:.2f}% | {m} samples averaged {t_mc['error']:.2f}%"
+        )
+    save(final["epoch"], final, done=True)
+    if is_chief:
+        with tempfile.TemporaryDirectory(prefix="attn-best-") as tmp:
+            path = Path(tmp) / BEST_FILE
+            torch.save(best_state, path)
+            (Path(tmp) / "config.yaml").write_text(config_yaml)
+            tracker.log_artifact(str(path), "checkpoint")
+            tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
+    sys.stdout.flush()
+    return final

@@ -1,0 +1,57 @@
+"""Location policy pi(l_t | h_t), baseline b_t and classifier heads of RAM.
+
+- Emission net: mu_t = tanh(Linear(ReLU(Linear(h_t -> d/2)) -> 2)), policy N(mu_t, sigma^2 I) with a
+  fixed sigma (``policy_std``). The sampled location is detached: the classification loss never
+  reaches mu through the sensor; only REINFORCE, through log pi, trains the emission net.
+- Baseline: b_t = Linear(h_t -> 1), no output nonlinearity, reading a detached state.
+- Classifier: log_softmax(Linear(h_T -> classes)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LocationNetwork(nn.Module):
+    """h_t (B, d) -> mu_t (B, 2) in (-1, 1)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        mid = max(hidden_size // 2, 1)
+        self.fc = nn.Linear(hidden_size, mid)
+        self.mu = nn.Linear(mid, 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.mu(F.relu(self.fc(h))))
+
+
+def gaussian_log_prob(sample: torch.Tensor, mu: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(sample; mu, std^2 I), summed over the last (coordinate) axis: (..., 2) -> (...)."""
+    z = (sample - mu) / std
+    return (-0.5 * z.pow(2) - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class BaselineNetwork(nn.Module):
+    """h_t (..., d) -> b_t (...): the learned control variate for REINFORCE."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(h).squeeze(-1)
+
+
+class Classifier(nn.Module):
+    """h (B, d) -> class log-probabilities (B, classes)."""
+
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.fc(h), dim=-1)

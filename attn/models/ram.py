@@ -1,0 +1,117 @@
+"""Recurrent Attention Model (Mnih et al. 2014, "Recurrent Models of Visual Attention").
+
+Episode of T glimpses (``num_glimpses``) on images x (B, C, H, W):
+
+    h_0 = core.init_state(), l_0 ~ U(-1, 1)^2 (or the centre)
+    for t = 1..T:
+        g_t = f_g(rho(x, l_{t-1}), l_{t-1})         glimpse network on the retina's patches
+        h_t = f_h(g_t, h_{t-1})                      core
+        l_t ~ N(mu(h_t), sigma^2 I), detached        location policy (not for t = T: never used)
+        b_t = Linear(h_t.detach())                   baseline
+    log p(y | x) = log_softmax(Linear(h_T))
+
+``forward`` runs the whole episode in one call (one forward per backward keeps DDP's reducer sound)
+and returns an :class:`Episode`. REINFORCE pairs log pi(l_t) with b_t for t = 1..T-1: the actions
+that were actually used as glimpse locations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from attn.config import ModelConfig
+from attn.data.base import DataSpec
+from attn.models.cores import build_core
+from attn.models.glimpse import GlimpseNetwork
+from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
+from attn.models.retina import Retina
+
+Policy = Literal["sample", "mean"]
+
+
+@dataclass
+class Episode:
+    """What one episode produced (B = batch, T = glimpses).
+
+    log_probs: (B, classes) class log-probabilities from h_T.
+    log_pi: (B, T-1) log pi(l_t | h_t) of the sampled l_t, t = 1..T-1.
+    baselines: (B, T-1) b_t for the same steps.
+    locations: (B, T, 2) the locations the glimpses were taken at: l_0 .. l_{T-1}, unclamped.
+    """
+
+    log_probs: torch.Tensor
+    log_pi: torch.Tensor
+    baselines: torch.Tensor
+    locations: torch.Tensor
+
+
+class RAM(nn.Module):
+    def __init__(self, cfg: ModelConfig, spec: DataSpec):
+        super().__init__()
+        r = cfg.retina
+        self.num_glimpses = cfg.num_glimpses
+        self.std = cfg.policy_std
+        self.initial_location = cfg.initial_location
+        self.detach_policy_input = cfg.policy_grad == "detached"
+        self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
+        in_features = r.num_scales * spec.channels * r.patch_size**2
+        self.glimpse = GlimpseNetwork(in_features, cfg.what_size, cfg.where_size, cfg.hidden_size)
+        self.core = build_core(cfg.core, cfg.hidden_size, cfg.hidden_size)
+        self.locator = LocationNetwork(cfg.hidden_size)
+        self.baseline = BaselineNetwork(cfg.hidden_size)
+        self.classifier = Classifier(cfg.hidden_size, spec.num_classes)
+
+    def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
+        if self.initial_location == "center":
+            return torch.zeros(batch, 2, device=device, dtype=dtype)
+        return torch.rand(batch, 2, device=device, dtype=dtype, generator=generator) * 2.0 - 1.0
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        policy: Policy = "sample",
+        generator: Optional[torch.Generator] = None,
+    ) -> Episode:
+        """Run one episode.
+
+        Args:
+            images: (B, C, H, W) normalised images.
+            policy: "sample" draws l_t ~ N(mu_t, sigma^2 I) (training, MC evaluation); "mean" takes
+                l_t = mu_t (deterministic evaluation; log_pi is then evaluated at mu_t).
+            generator: optional RNG for l_0 and the policy noise (reproducible evaluation).
+        """
+        B, _, H, W = images.shape
+        T = self.num_glimpses
+        device, dtype = images.device, images.dtype
+        padded = self.retina.pad(images)
+        loc = self.initial_locations(B, device, dtype, generator)
+        if policy == "sample" and T > 1:
+            noise = torch.randn(T - 1, B, 2, device=device, dtype=dtype, generator=generator) * self.std
+        state = self.core.init_state(B, device, dtype)
+
+        locations, mus, hiddens = [loc], [], []
+        for t in range(T):
+            patches = self.retina(padded, loc, H, W).flatten(1)
+            g = self.glimpse(patches, loc)
+            h, state = self.core.step(g, state)
+            if t == T - 1:
+                break  # l_T would never be used: no emission, no log-prob, no baseline
+            hiddens.append(h)
+            mu = self.locator(h.detach() if self.detach_policy_input else h)
+            loc = (mu + noise[t]).detach() if policy == "sample" else mu.detach()
+            mus.append(mu)
+            locations.append(loc)
+
+        log_probs = self.classifier(h)
+        if T > 1:
+            hs = torch.stack(hiddens, dim=1)  # (B, T-1, d)
+            log_pi = gaussian_log_prob(torch.stack(locations[1:], 1), torch.stack(mus, 1), self.std)
+            baselines = self.baseline(hs.detach())
+        else:
+            log_pi = baselines = images.new_zeros(B, 0)
+        return Episode(log_probs, log_pi, baselines, torch.stack(locations, dim=1))
+

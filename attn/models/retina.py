@@ -1,0 +1,109 @@
+"""The glimpse sensor rho(x_t, l_{t-1}) of RAM (Mnih et al. 2014): k concentric square patches.
+
+Coordinates: l in [-1, 1]^2 with l[..., 0] = x (column) and l[..., 1] = y (row); (0, 0) is the image
+centre. The centre pixel is (cy, cx) = (floor((l_y + 1) / 2 * H), floor((l_x + 1) / 2 * W)), after
+clamping l to [-1, 1] (so l = 1 reads index W, inside the padding).
+
+Patch i = 0..k-1 has side size_i = floor(g * s^i) and covers rows [cy - size_i // 2, cy - size_i // 2 +
+size_i) and the columns likewise; odd and even sizes both work. Pixels outside the image read
+``pad_value``. Each patch is reduced to g x g by area averaging (adaptive average pooling: exact
+block means for integer s, overlapping bins otherwise).
+
+Implementation: the image is padded once per episode (:meth:`Retina.pad`), then each glimpse is one
+gather of the largest S x S patch for the whole batch plus one einsum that crops and pools every
+scale at once with precomputed averaging matrices P_i (g x S): patch_i = P_i X P_i^T. There is no
+Python loop over samples or scales.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def patch_sizes(patch_size: int, num_scales: int, scale: float) -> list[int]:
+    """size_i = floor(g * s^i), i = 0..k-1."""
+    return [int(math.floor(patch_size * scale**i + 1e-9)) for i in range(num_scales)]
+
+
+def _pool_matrices(g: int, sizes: list[int]) -> torch.Tensor:
+    """(k, g, S) matrices that crop patch i out of the S x S patch and average it down to g x g.
+
+    Row j of P_i averages rows [floor(j * n / g), ceil((j + 1) * n / g)) of patch i (n = size_i),
+    which sit at offset S // 2 - n // 2 inside the largest patch: the bins of adaptive_avg_pool2d.
+    """
+    big = max(sizes)
+    mats = torch.zeros(len(sizes), g, big, dtype=torch.float64)
+    for i, n in enumerate(sizes):
+        off = big // 2 - n // 2
+        for j in range(g):
+            lo = (j * n) // g
+            hi = -((-(j + 1) * n) // g)
+            mats[i, j, off + lo : off + hi] = 1.0 / (hi - lo)
+    return mats
+
+
+class Retina(nn.Module):
+    """Extracts glimpses: images (B, C, H, W), locations l (B, 2) -> (B, k * C, g, g).
+
+    Args:
+        patch_size: g, side of the finest patch and of every returned patch.
+        num_scales: k, patches per glimpse.
+        scale: s, each patch s times wider than the previous one (any s >= 1).
+        pad_value: value read outside the image.
+    """
+
+    def __init__(self, patch_size: int = 8, num_scales: int = 1, scale: float = 2.0, pad_value: float = 0.0):
+        super().__init__()
+        self.g = patch_size
+        self.k = num_scales
+        self.sizes = patch_sizes(patch_size, num_scales, scale)
+        self.S = max(self.sizes)
+        self.pad_value = float(pad_value)
+        # Identity pooling (k = 1, no resize) needs no matrices: the gathered patch is the glimpse.
+        self.identity = self.k == 1 and self.S == self.g
+        self.register_buffer("pool", _pool_matrices(self.g, self.sizes).float(), persistent=False)
+        self.register_buffer("offsets", torch.arange(self.S), persistent=False)
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Pad once per episode: S // 2 before, S - S // 2 after, on both spatial axes."""
+        lo, hi = self.S // 2, self.S - self.S // 2
+        return F.pad(images, (lo, hi, lo, hi), value=self.pad_value)
+
+    def centres(self, loc: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel centre (cy, cx) of locations l (B, 2) on an H x W image, as int64 (B,)."""
+        loc = loc.clamp(-1.0, 1.0)
+        cx = torch.floor(0.5 * (loc[:, 0] + 1.0) * width).long()
+        cy = torch.floor(0.5 * (loc[:, 1] + 1.0) * height).long()
+        return cy, cx
+
+    def forward(self, padded: torch.Tensor, loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Glimpses at l from an image already padded by :meth:`pad`.
+
+        Args:
+            padded: (B, C, H + S, W + S) from :meth:`pad`.
+            loc: (B, 2) locations in [-1, 1] (clamped here); no gradient flows through them.
+            height, width: H and W of the unpadded image.
+        Returns:
+            (B, k * C, g, g): scale-major channel order (all C channels of patch 0, then patch 1, ...).
+        """
+        B, C, Hp, Wp = padded.shape
+        cy, cx = self.centres(loc, height, width)
+        # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
+        rows = cy[:, None] + self.offsets  # (B, S)
+        cols = cx[:, None] + self.offsets  # (B, S)
+        flat_idx = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, self.S * self.S)
+        patch = padded.reshape(B, C, Hp * Wp).gather(2, flat_idx.expand(B, C, -1))
+        patch = patch.view(B, C, self.S, self.S)
+        if self.identity:
+            return patch
+        # (k, g, S) x (B, C, S, S) x (k, g, S)^T -> (B, k, C, g, g)
+        pool = self.pool.to(patch.dtype)
+        out = torch.einsum("kgs,bcst,kht->bkcgh", pool, patch, pool)
+        return out.reshape(B, self.k * C, self.g, self.g)
+
+    def extra_repr(self) -> str:
+        return f"g={self.g}, k={self.k}, sizes={self.sizes}, pad_value={self.pad_value}"
