@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="training steps per repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         row = bench_ram(args.batch, args.steps, args.repeats, args.overrides)
     except AttnError as exc:

@@ -121,6 +121,16 @@ def start_run(
     return run_id
 
 
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a resumed run as running again (it may have ended FINISHED, FAILED or KILLED)."""
+    try:
+        client = _client(uri)
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "attn.status", "running")
+    except Exception as exc:
+        raise TrackingError(f"cannot reopen MLflow run {run_id} at {uri}: {str(exc).splitlines()[0][:300]}") from None
+
+
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Close the run with MLflow status FINISHED, FAILED or KILLED."""
     client = _client(uri)

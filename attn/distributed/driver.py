@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attn.config import ExperimentConfig, apply_overrides, validate_config
+from attn.data import build_data
 from attn.errors import AttnError, ConfigError
-from attn.tracking import end_run, ensure_experiment, resolve_tracking_uri, start_run
+from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
 
 RUN_FILE = "attn_run.json"
 
@@ -63,6 +64,24 @@ def find_run(cfg: ExperimentConfig, name: Optional[str]) -> Path:
     return runs[-1].parent
 
 
+_USER_ERROR = re.compile(r"attn\.errors\.(\w+): (.+)")
+
+
+def _explain_failure(exc: BaseException, run_name: str) -> AttnError:
+    """Turn a failed ``fit()`` into one line: a worker's own AttnError verbatim, else the last cause."""
+    from attn import errors
+
+    text = "\n".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+    found = _USER_ERROR.findall(text)
+    if found:
+        name, message = found[-1]
+        cls = getattr(errors, name, AttnError)
+        return (cls if isinstance(cls, type) and issubclass(cls, AttnError) else AttnError)(message.strip())
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1].strip()[:300] if lines else type(exc).__name__
+    return AttnError(f"run {run_name} failed: {last}; see the log above, fix the cause and continue with --resume")
+
+
 def _ray_init(cfg: ExperimentConfig) -> bool:
     """Connect to ``ray.address`` (or RAY_ADDRESS), else start Ray here. True if we started it."""
     import ray
@@ -97,6 +116,13 @@ def _check_resources(cfg: ExperimentConfig) -> None:
         )
 
 
+def _check_data_here(cfg: ExperimentConfig) -> None:
+    """Fail on a missing or corrupt dataset before any run is opened, in one line, not inside a Ray
+    worker. On a cluster the workers read their own copies, so the check is left to them."""
+    if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+        build_data(cfg.data)
+
+
 def run_training(
     cfg: ExperimentConfig,
     *,
@@ -118,6 +144,8 @@ def run_training(
         # The run keeps its saved config; overrides given with --resume (e.g. more epochs) apply on top.
         cfg = validate_config(apply_overrides(saved["config"], list(overrides or [])), f"{run_dir / RUN_FILE}")
         run_name, run_id, uri = saved["run_name"], saved["mlflow_run_id"], saved["tracking_uri"]
+        _check_data_here(cfg)
+        reopen_run(uri, run_id)
         print(f"resuming run {run_name} (MLflow run {run_id})", flush=True)
     else:
         run_name = cfg.tracking.run_name or default_run_name(cfg)
@@ -127,6 +155,7 @@ def run_training(
                 f"tracking.run_name={run_name}: a run of that name exists in {run_dir.parent}; "
                 "pick another name or pass --resume to continue it"
             )
+        _check_data_here(cfg)
         exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,12 +198,7 @@ def run_training(
             status = "KILLED"
             raise
         except Exception as exc:
-            cause = exc.__cause__ or exc
-            text = str(cause).strip().splitlines()
-            raise AttnError(
-                f"run {run_name} failed: {text[-1][:300] if text else type(cause).__name__}; "
-                f"see the log above, fix the cause and continue with --resume"
-            ) from None
+            raise _explain_failure(exc, run_name) from None
         status = "FINISHED"
         return RunResult(run_name, run_dir, run_id, uri, dict(result.metrics or {}))
     finally:

@@ -89,7 +89,7 @@ def fit(
     scheduler = build_scheduler(optimizer, tc)
     config_yaml = dump_config(cfg)
 
-    start_epoch, best_error, best_epoch, finished = 0, math.inf, -1, False
+    start_epoch, best_error, best_epoch, early_stopped = 0, math.inf, -1, False
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
     resume_dir = reporter.latest_checkpoint()
     if resume_dir is not None:
@@ -104,7 +104,9 @@ def fit(
                 f"{resume_dir}: checkpoint does not fit this config ({str(exc).splitlines()[0][:200]})"
             ) from None
         start_epoch, best_error, best_epoch = state["epoch"] + 1, state["best_error"], state["best_epoch"]
-        finished = bool(state.get("finished", False))
+        # A finished run resumed with more epochs (train.epochs=N on --resume) trains on, unless it
+        # had stopped early.
+        early_stopped = bool(state.get("early_stopped"))
         if is_chief:
             log(f"resuming from {resume_dir}: epoch {start_epoch}, best val error {best_error:.2f}%")
 
@@ -123,7 +125,7 @@ def fit(
             f"{info.world} worker(s) x batch {tc.batch_size}"
         )
 
-    def save(epoch: int, metrics: dict[str, float], done: bool) -> None:
+    def save(epoch: int, metrics: dict[str, float]) -> None:
         ckpt_dir = None
         with tempfile.TemporaryDirectory(prefix="attn-ckpt-") as tmp:
             if is_chief:
@@ -134,14 +136,14 @@ def fit(
                     "epoch": epoch,
                     "best_error": best_error,
                     "best_epoch": best_epoch,
-                    "finished": done,
+                    "early_stopped": early_stopped,
                 }
                 ckpt_dir = str(save_checkpoint(tmp, state, best_state, config_yaml))
             reporter.report(metrics, ckpt_dir)
 
     epoch = start_epoch - 1
     epoch_times: list[float] = []
-    if not finished:
+    if not early_stopped:
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             torch.manual_seed(_epoch_seed(tc.seed, epoch, info.rank))
@@ -181,19 +183,21 @@ def fit(
                     f"| val err {vm['error']:.2f}% (best {best_error:.2f}% @ {best_epoch + 1}) "
                     f"| {tm['images_per_s']:,.0f} img/s | {epoch_times[-1]:.1f}s/epoch | left <= {_format_eta(left)}"
                 )
-            save(epoch, metrics, done=False)
+            early_stopped = stop
+            save(epoch, metrics)
             if stop:
                 if is_chief:
                     log(f"early stop: no better validation error for {tc.patience} epochs")
                 break
 
     # Test the best weights: the mean policy, one sampled episode, and M averaged sampled episodes.
-    model.load_state_dict(best_state)
-    seed = cfg.eval.seed
-    t_mean = evaluate(model, test_loader, data, device=info.device, policy="mean", seed=seed)
-    t_one = evaluate(model, test_loader, data, device=info.device, policy="sample", mc_samples=1, seed=seed)
-    m = cfg.eval.mc_samples
-    t_mc = evaluate(model, test_loader, data, device=info.device, policy="sample", mc_samples=m, seed=seed)
+    # A copy, so the last weights stay in place for the checkpoint (resuming with more epochs).
+    best_model = copy.deepcopy(model)
+    best_model.load_state_dict(best_state)
+    seed, m, dev = cfg.eval.seed, cfg.eval.mc_samples, info.device
+    t_mean = evaluate(best_model, test_loader, data, device=dev, policy="mean", seed=seed)
+    t_one = evaluate(best_model, test_loader, data, device=dev, policy="sample", mc_samples=1, seed=seed)
+    t_mc = evaluate(best_model, test_loader, data, device=dev, policy="sample", mc_samples=m, seed=seed)
     final = {
         "epoch": max(epoch, start_epoch - 1),
         "best_epoch": best_epoch,
@@ -210,7 +214,7 @@ def fit(
             f"test error (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
             f"1 sample {t_one['error']:.2f}% | {m} samples averaged {t_mc['error']:.2f}%"
         )
-    save(final["epoch"], final, done=True)
+    save(final["epoch"], final)
     if is_chief:
         with tempfile.TemporaryDirectory(prefix="attn-best-") as tmp:
             path = Path(tmp) / BEST_FILE

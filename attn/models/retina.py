@@ -65,8 +65,12 @@ class Retina(nn.Module):
         self.pad_value = float(pad_value)
         # Identity pooling (k = 1, no resize) needs no matrices: the gathered patch is the glimpse.
         self.identity = self.k == 1 and self.S == self.g
-        self.register_buffer("pool", _pool_matrices(self.g, self.sizes).float(), persistent=False)
+        # Exact float64 weights (1/3 is not a float32) for double-precision use; a float32 buffer
+        # that follows the module's device for the usual case.
+        self._pool64 = _pool_matrices(self.g, self.sizes)
+        self.register_buffer("pool", self._pool64.float(), persistent=False)
         self.register_buffer("offsets", torch.arange(self.S), persistent=False)
+        self._offset_cache: dict = {}
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """Pad once per episode: S // 2 before, S - S // 2 after, on both spatial axes."""
@@ -75,10 +79,23 @@ class Retina(nn.Module):
 
     def centres(self, loc: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel centre (cy, cx) of locations l (B, 2) on an H x W image, as int64 (B,)."""
-        loc = loc.clamp(-1.0, 1.0)
-        cx = torch.floor(0.5 * (loc[:, 0] + 1.0) * width).long()
-        cy = torch.floor(0.5 * (loc[:, 1] + 1.0) * height).long()
-        return cy, cx
+        c = self._centres(loc, height, width)
+        return c[:, 1], c[:, 0]
+
+    def _centres(self, loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # (B, 2) int64 (cx, cy) = floor((l + 1) / 2 * (W, H)) in one vector op over both axes.
+        size = loc.new_tensor([0.5 * width, 0.5 * height])
+        return torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * size).long()
+
+    def _flat_offsets(self, padded_width: int, device: torch.device) -> torch.Tensor:
+        """(S*S,) offsets of an S x S patch's pixels from its top-left, in a flattened padded image."""
+        key = (padded_width, device)
+        cached = self._offset_cache.get(key)
+        if cached is None:
+            o = self.offsets.to(device)
+            cached = (o[:, None] * padded_width + o[None, :]).reshape(-1)
+            self._offset_cache[key] = cached
+        return cached
 
     def forward(self, padded: torch.Tensor, loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Glimpses at l from an image already padded by :meth:`pad`.
@@ -91,17 +108,17 @@ class Retina(nn.Module):
             (B, k * C, g, g): scale-major channel order (all C channels of patch 0, then patch 1, ...).
         """
         B, C, Hp, Wp = padded.shape
-        cy, cx = self.centres(loc, height, width)
+        c = self._centres(loc, height, width)
         # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
-        rows = cy[:, None] + self.offsets  # (B, S)
-        cols = cx[:, None] + self.offsets  # (B, S)
-        flat_idx = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, self.S * self.S)
-        patch = padded.reshape(B, C, Hp * Wp).gather(2, flat_idx.expand(B, C, -1))
+        top_left = c[:, 1] * Wp + c[:, 0]  # (B,)
+        idx = top_left[:, None] + self._flat_offsets(Wp, padded.device)  # (B, S*S)
+        flat = padded.reshape(B, C, Hp * Wp)
+        patch = flat.gather(2, idx[:, None, :] if C == 1 else idx[:, None, :].expand(B, C, -1))
         patch = patch.view(B, C, self.S, self.S)
         if self.identity:
             return patch
         # (k, g, S) x (B, C, S, S) x (k, g, S)^T -> (B, k, C, g, g)
-        pool = self.pool.to(patch.dtype)
+        pool = self._pool64.to(patch.device) if patch.dtype == torch.float64 else self.pool.to(patch.dtype)
         out = torch.einsum("kgs,bcst,kht->bkcgh", pool, patch, pool)
         return out.reshape(B, self.k * C, self.g, self.g)
 

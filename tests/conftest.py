@@ -1,0 +1,68 @@
+"""Test-session settings and the guarantee that no test leaves a process behind.
+
+Every process started during the session (Ray's GCS, raylets and workers included, however deep)
+inherits ATTN_TEST_SESSION; at the end of the session any survivor carrying it is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+MARKER = f"attn-tests-{uuid.uuid4().hex}"
+os.environ["ATTN_TEST_SESSION"] = MARKER
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _marked_pids() -> list[int]:
+    pids = []
+    needle = f"ATTN_TEST_SESSION={MARKER}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_marked(sig: int = signal.SIGKILL) -> list[int]:
+    pids = _marked_pids()
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_processes():
+    yield
+    if not sys.platform.startswith("linux"):
+        return
+    deadline = time.time() + 10
+    while _marked_pids() and time.time() < deadline:
+        time.sleep(0.5)  # let Ray and servers finish their own shutdown first
+    left = kill_marked()
+    if left:
+        print(f"\nconftest: killed {len(left)} process(es) left behind by tests: {left}", file=sys.stderr)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT

@@ -1,0 +1,46 @@
+"""Checkpoints: atomic, self-contained, loaded without unpickling arbitrary objects."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from attn.engine.checkpoint import STATE_FILE, load_checkpoint, load_file, save_checkpoint
+from attn.errors import CheckpointError
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/attn-evil",))
+
+
+def test_roundtrip(tmp_path):
+    state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "best_error": 1.5, "best_epoch": 2}
+    save_checkpoint(tmp_path / "c", state, {"w": torch.ones(3)}, "a: 1\n")
+    got, best = load_checkpoint(tmp_path / "c")
+    assert got["epoch"] == 4 and torch.equal(got["model"]["w"], torch.arange(3.0)) and torch.equal(best["w"], torch.ones(3))
+    assert (tmp_path / "c" / "config.yaml").read_text() == "a: 1\n"
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_unreadable_and_foreign_files(tmp_path):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.pt: unreadable checkpoint"):
+        load_file(tmp_path / "garbage.pt")
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt: unreadable checkpoint"):
+        load_file(tmp_path / "evil.pt")
+    assert not os.path.exists("/tmp/attn-evil")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_file(tmp_path / "missing.pt")
+    (tmp_path / "d").mkdir()
+    torch.save({"format": 1}, tmp_path / "d" / STATE_FILE)
+    with pytest.raises(CheckpointError, match="not an attn checkpoint"):
+        load_checkpoint(tmp_path / "d")
+    with open(tmp_path / "list.pt", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(CheckpointError):
+        load_file(tmp_path / "list.pt")

@@ -1,0 +1,152 @@
+"""End to end: `python run.py` trains RAM on real MNIST through Ray Train into a real MLflow store.
+
+Each test starts its own local Ray cluster through the CLI (as a user does) in a temporary working
+directory, and reads the results back through the MLflow client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "experiments" / "mnist_ram.yaml"
+SMALL = ["data.train_subset=3000", "data.eval_subset=500", "eval.mc_samples=2"]
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        print(proc.stdout[-5000:], proc.stderr[-5000:])
+    return proc
+
+
+def mlflow_client(cwd: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def only_run(client, experiment: str = "mnist_ram"):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_two_workers_train_and_track(tmp_path):
+    proc = run_cli(
+        tmp_path, str(EXPERIMENT), *SMALL, "train.epochs=2", "ray.num_workers=2", "ray.cpus_per_worker=1",
+    )
+    assert proc.returncode == 0
+    assert "epoch 2/2" in proc.stdout and "img/s" in proc.stdout and "left" in proc.stdout
+
+    client = mlflow_client(tmp_path)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "3000"
+    assert steps(client, run.info.run_id, "val_error") == [0, 1]
+    assert steps(client, run.info.run_id, "train_loss") == [0, 1]
+    for key in ("lr", "images_per_s", "train_accuracy", "val_nll"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 2
+    m = run.data.metrics
+    assert m["test_error"] < 75.0  # chance is 90%: it learned something in 2 epochs on 3000 images
+    assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
+    assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
+
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
+    conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
+    local = client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+    state = torch.load(local, weights_only=True)
+    from attn.config import load_config
+    from attn.data.base import DataSpec
+    from attn.models import build_model
+
+    model = build_model(load_config(EXPERIMENT).model, DataSpec(1, 28, 28, 10, tuple("0123456789")))
+    model.load_state_dict(state)
+
+    # The run folder keeps the resolved config, and Ray's checkpoints.
+    run_dirs = list((tmp_path / "runs" / "mnist_ram").iterdir())
+    assert len(run_dirs) == 1
+    saved = json.loads((run_dirs[0] / "attn_run.json").read_text())
+    assert saved["mlflow_run_id"] == run.info.run_id and saved["config"]["ray"]["num_workers"] == 2
+
+
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
+    """Ctrl-C mid-run, then --resume: the run continues from its last checkpoint into the same MLflow
+    run, and ends with exactly the metrics of a run that was never interrupted (same seed)."""
+    args = [str(EXPERIMENT), *SMALL, "train.epochs=4", "ray.cpus_per_worker=2"]
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    assert run_cli(ref_dir, *args).returncode == 0
+    ref = only_run(mlflow_client(ref_dir)).data.metrics
+
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cut_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(cut_dir.glob("runs/mnist_ram/*/checkpoint_*")):
+            time.sleep(0.2)
+        assert list(cut_dir.glob("runs/mnist_ram/*/checkpoint_*")), "no checkpoint was written"
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode != 0, out[-3000:]
+    assert "--resume" in out, out[-3000:]
+    run = only_run(mlflow_client(cut_dir))
+    assert run.info.status in ("KILLED", "FAILED")
+    done_before = steps(mlflow_client(cut_dir), run.info.run_id, "val_error")
+    assert len(done_before) < 4
+
+    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume")
+    assert proc.returncode == 0
+    assert "resuming" in proc.stdout
+    client = mlflow_client(cut_dir)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert sorted(set(steps(client, run.info.run_id, "val_error"))) == [0, 1, 2, 3]
+    for key in ("test_error", "test_error_sample", "test_error_mc", "best_val_error", "test_nll"):
+        assert run.data.metrics[key] == pytest.approx(ref[key], abs=1e-9), key
+
+
+def test_resume_with_more_epochs_and_refuse_unreadable_checkpoint(tmp_path):
+    args = [str(EXPERIMENT), *SMALL, "data.train_subset=1000", "ray.cpus_per_worker=2"]
+    assert run_cli(tmp_path, *args, "train.epochs=1").returncode == 0
+    proc = run_cli(tmp_path, str(EXPERIMENT), "--resume", "train.epochs=2")
+    assert proc.returncode == 0 and "epoch 2/2" in proc.stdout
+    client = mlflow_client(tmp_path)
+    run = only_run(client)
+    assert steps(client, run.info.run_id, "val_error") == [0, 1]
+
+    # Corrupt every checkpoint of the run: resuming must fail with one clear line naming the file.
+    for f in tmp_path.glob("runs/mnist_ram/*/checkpoint_*/state.pt"):
+        f.write_bytes(b"\x00garbage")
+    proc = run_cli(tmp_path, str(EXPERIMENT), "--resume", "train.epochs=3")
+    assert proc.returncode != 0
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and "state.pt: unreadable checkpoint" in last, proc.stderr[-3000:]
