@@ -150,3 +150,16 @@ def test_resume_with_more_epochs_and_refuse_unreadable_checkpoint(tmp_path):
     assert proc.returncode != 0
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and "state.pt: unreadable checkpoint" in last, proc.stderr[-3000:]
+
+
+def test_more_workers_than_cpus_is_refused_before_any_run(tmp_path):
+    proc = run_cli(tmp_path, str(EXPERIMENT), "ray.num_workers=3", "ray.cpus_per_worker=1", timeout=200)
+    assert proc.returncode == 2
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ray: 3 worker(s)") and "lower ray.num_workers" in last
+    assert not (tmp_path / "runs").exists()
+    if (tmp_path / "mlflow.db").exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())

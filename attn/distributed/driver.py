@@ -132,21 +132,14 @@ def run_training(
     overrides: Optional[list[str]] = None,
 ) -> RunResult:
     """Train one configuration through Ray Train; return where it lives and its final metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from attn.distributed.worker import train_loop_per_worker
-
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    saved: Optional[dict[str, Any]] = None
     if resume:
         run_dir = find_run(cfg, resume_name)
         saved = json.loads((run_dir / RUN_FILE).read_text())
         # The run keeps its saved config; overrides given with --resume (e.g. more epochs) apply on top.
         cfg = validate_config(apply_overrides(saved["config"], list(overrides or [])), f"{run_dir / RUN_FILE}")
-        run_name, run_id, uri = saved["run_name"], saved["mlflow_run_id"], saved["tracking_uri"]
-        _check_data_here(cfg)
-        reopen_run(uri, run_id)
-        print(f"resuming run {run_name} (MLflow run {run_id})", flush=True)
+        run_name, uri = saved["run_name"], saved["tracking_uri"]
     else:
         run_name = cfg.tracking.run_name or default_run_name(cfg)
         run_dir = experiment_dir(cfg) / run_name
@@ -155,58 +148,79 @@ def run_training(
                 f"tracking.run_name={run_name}: a run of that name exists in {run_dir.parent}; "
                 "pick another name or pass --resume to continue it"
             )
-        _check_data_here(cfg)
-        exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"ray.storage_path: cannot create {run_dir} ({exc.strerror})") from None
-        run_id = start_run(uri, exp_id, cfg, run_name, config_file=config_file)
-        (run_dir / RUN_FILE).write_text(
-            json.dumps(
-                {"run_name": run_name, "mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict()},
-                indent=2,
-            )
-        )
-        print(f"run {run_name}: MLflow run {run_id} in {uri}", flush=True)
-
+    # Everything that can be checked is checked before an MLflow run is opened or changed.
+    _check_data_here(cfg)
     started_ray = _ray_init(cfg)
+    run_id: Optional[str] = None
     status = "FAILED"
     try:
         _check_resources(cfg)
-        r = cfg.ray
-        resources = {"CPU": r.cpus_per_worker}
-        if r.gpus_per_worker > 0:
-            resources["GPU"] = r.gpus_per_worker
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}},
-            scaling_config=ScalingConfig(
-                num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
-            ),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=str(run_dir.parent),
-                failure_config=FailureConfig(max_failures=r.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                logging_config=LoggingConfig(log_level="WARNING"),
-            ),
-        )
-        try:
-            result = trainer.fit()
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        except Exception as exc:
-            raise _explain_failure(exc, run_name) from None
+        if saved is not None:
+            run_id = saved["mlflow_run_id"]
+            reopen_run(uri, run_id)
+            print(f"resuming run {run_name} (MLflow run {run_id})", flush=True)
+        else:
+            run_id = _open_run(cfg, uri, run_name, run_dir, config_file)
+        result = _fit(cfg, run_name, run_dir, uri, run_id)
         status = "FINISHED"
         return RunResult(run_name, run_dir, run_id, uri, dict(result.metrics or {}))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        try:
-            end_run(uri, run_id, status)
-        except Exception:  # noqa: BLE001 - never hide the original error behind a tracking hiccup
-            pass
+        if run_id is not None:
+            try:
+                end_run(uri, run_id, status)
+            except Exception:  # noqa: BLE001 - never hide the original error behind a tracking hiccup
+                pass
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _open_run(cfg: ExperimentConfig, uri: str, run_name: str, run_dir: Path, config_file: Optional[str]) -> str:
+    """Create the MLflow run and the run folder (with attn_run.json); return the MLflow run id."""
+    exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"ray.storage_path: cannot create {run_dir} ({exc.strerror})") from None
+    run_id = start_run(uri, exp_id, cfg, run_name, config_file=config_file)
+    record = {"run_name": run_name, "mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.to_dict()}
+    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
+    print(f"run {run_name}: MLflow run {run_id} in {uri}", flush=True)
+    return run_id
+
+
+def _fit(cfg: ExperimentConfig, run_name: str, run_dir: Path, uri: str, run_id: str):
+    """Build the TorchTrainer for this run and fit it; a failure becomes one AttnError line."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from attn.distributed.worker import train_loop_per_worker
+
+    r = cfg.ray
+    resources = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker > 0:
+        resources["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}},
+        scaling_config=ScalingConfig(
+            num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise _explain_failure(exc, run_name) from None

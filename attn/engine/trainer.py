@@ -83,7 +83,7 @@ def fit(
     tc = cfg.train
     is_chief = info.rank == 0
     data = build_data(cfg.data)
-    torch.manual_seed(tc.seed + info.rank)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
     model = build_model(cfg.model, data.spec).to(info.device)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
