@@ -9,6 +9,7 @@ print one line ``error: ...`` and exit non-zero (2 for configuration errors), wi
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Optional
 
@@ -31,6 +32,10 @@ def _train(argv: list[str]) -> int:
         help="continue the newest (or the named) run of this experiment from its last checkpoint",
     )
     args = p.parse_args(argv)
+    if args.resume and "=" in args.resume:
+        # `--resume key=value`: argparse took the first override as the run name (names never hold '=').
+        args.overrides.insert(0, args.resume)
+        args.resume = ""
 
     from attn.config import load_config
 
@@ -54,8 +59,14 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # SIGTERM (a scheduler, `kill`) stops a run like Ctrl-C: cleanly, its checkpoint kept.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if argv and argv[0] == "train":
             argv = argv[1:]

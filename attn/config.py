@@ -58,8 +58,106 @@ class RetinaConfig(Section):
     )
 
 
+CoreKind = Literal["rnn", "lstm", "gpt2", "trxl", "gtrxl"]
+_TRANSFORMERS = ("gpt2", "trxl", "gtrxl")
+
+
 class CoreConfig(Section):
-    kind: Literal["rnn", "lstm"] = Field("rnn", description="The recurrent core integrating glimpses.")
+    """The core f_h integrating one glimpse vector per step: a recurrent cell or a causal transformer.
+
+    Transformer cores (gpt2, trxl, gtrxl) attend over the episode's earlier steps; their width is
+    model.hidden_size (d). Options that do not apply to the chosen kind must stay at their defaults.
+    """
+
+    kind: CoreKind = Field(
+        "rnn",
+        description=(
+            "rnn | lstm: recurrent cells; gpt2: transformers.GPT2Model (pre-LN, learned absolute "
+            "positions); trxl: Transformer-XL (relative attention, memory); gtrxl: gated TrXL "
+            "(Parisotto et al. 2019)."
+        ),
+    )
+    num_layers: int = Field(1, ge=1, le=64, description="Transformer layers (gpt2, trxl, gtrxl).")
+    num_heads: int = Field(1, ge=1, le=256, description="Attention heads H (gpt2, trxl, gtrxl).")
+    head_dim: Optional[int] = Field(
+        None, ge=1, description="Width of each head. None: hidden_size // num_heads (gpt2: must be that)."
+    )
+    inner_size: Optional[int] = Field(
+        None, ge=1, description="Inner width of each layer's feed-forward net. None: 4 * hidden_size."
+    )
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout on attention weights, sub-layer outputs and inputs (transformers)."
+    )
+    memory_length: Optional[int] = Field(
+        None,
+        ge=0,
+        description=(
+            "trxl, gtrxl: attend to at most this many earlier steps of the episode. None or 0: all of them."
+        ),
+    )
+    norm: Literal["post", "pre"] = Field(
+        "post", description="trxl: LayerNorm after each residual add (post, as in the paper) or before each sub-layer."
+    )
+    gate_bias: float = Field(
+        2.0, description="gtrxl: initial b_g of the GRU gates; larger starts each layer closer to the identity."
+    )
+    n_positions: Optional[int] = Field(
+        None, ge=1, description="gpt2: learned positions. None: model.num_glimpses. Must be >= num_glimpses."
+    )
+    use_cache: bool = Field(
+        True,
+        description=(
+            "Transformers: true caches keys/values so each step costs O(t); false recomputes the whole "
+            "prefix every step (same outputs; for comparison and benchmarks)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_kind_options(self) -> "CoreConfig":
+        applies = {
+            "num_layers": _TRANSFORMERS,
+            "num_heads": _TRANSFORMERS,
+            "head_dim": _TRANSFORMERS,
+            "inner_size": _TRANSFORMERS,
+            "dropout": _TRANSFORMERS,
+            "use_cache": _TRANSFORMERS,
+            "memory_length": ("trxl", "gtrxl"),
+            "norm": ("trxl",),
+            "gate_bias": ("gtrxl",),
+            "n_positions": ("gpt2",),
+        }
+        for key, kinds in applies.items():
+            if self.kind not in kinds and getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(
+                    f"model.core.{key} = {getattr(self, key)!r} does not apply to kind {self.kind!r} "
+                    f"(only to {', '.join(kinds)}); remove it or change model.core.kind"
+                )
+        return self
+
+    def check_against(self, hidden_size: int, num_glimpses: Optional[int]) -> None:
+        """Cross-checks with the model's width d and episode length T; raise ValueError naming the key."""
+        if self.kind not in _TRANSFORMERS:
+            return
+        if self.head_dim is None and hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.core.num_heads = {self.num_heads} must divide model.hidden_size = {hidden_size} "
+                "(or set model.core.head_dim)"
+            )
+        if self.kind == "gpt2":
+            if self.head_dim is not None and self.head_dim * self.num_heads != hidden_size:
+                raise ValueError(
+                    f"model.core.head_dim = {self.head_dim}: gpt2 needs head_dim * num_heads == "
+                    f"model.hidden_size = {hidden_size}; leave head_dim unset"
+                )
+            if hidden_size % self.num_heads:
+                raise ValueError(
+                    f"model.core.num_heads = {self.num_heads} must divide model.hidden_size = {hidden_size} (gpt2)"
+                )
+            if self.n_positions is not None and num_glimpses is not None and self.n_positions < num_glimpses:
+                raise ValueError(
+                    f"model.core.n_positions = {self.n_positions} is smaller than model.num_glimpses = "
+                    f"{num_glimpses}; set n_positions >= num_glimpses or leave it unset"
+                )
 
 
 class ModelConfig(Section):
@@ -90,6 +188,11 @@ class ModelConfig(Section):
             "location net); full: REINFORCE also reaches the core and glimpse net."
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_core(self) -> "ModelConfig":
+        self.core.check_against(self.hidden_size, self.num_glimpses)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +286,8 @@ def _describe_error(err: dict[str, Any]) -> str:
         return f"allowed values are {ctx['expected']}"
     if err.get("type") == "extra_forbidden":
         return "unknown key"
+    if err.get("type") == "value_error":
+        return msg.removeprefix("Value error, ")
     return msg[0].lower() + msg[1:] if msg else msg
 
 

@@ -26,3 +26,9 @@ class CheckpointError(AttnError):
 
 class TrackingError(AttnError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class Interrupted(AttnError):
+    """The run was stopped (Ctrl-C, SIGTERM) before it finished; its last checkpoint is kept."""
+
+    exit_code = 130

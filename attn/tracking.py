@@ -66,6 +66,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: Optional[str] = No
 
 
 def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
+    """The commit of the attn source that runs (not of the working directory), '-dirty' if modified."""
+    cwd = cwd or Path(__file__).resolve().parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True

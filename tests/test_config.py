@@ -40,7 +40,8 @@ def test_overrides_are_typed():
         ("train.lr=fast", "key 'train.lr' = 'fast' is invalid"),
         ("train.lr=-1", "greater than 0"),
         ("model.num_glimpses=0", "key 'model.num_glimpses' = 0"),
-        ("model.core.kind=gru", "allowed values are 'rnn' or 'lstm'"),
+        ("model.core.kind=gru", "allowed values are 'rnn', 'lstm', 'gpt2', 'trxl' or 'gtrxl'"),
+        ("model.core.num_heads=3", "model.core.num_heads = 3 does not apply to kind 'rnn'"),
         ("train.batch_size=1.5", "key 'train.batch_size'"),
         ("train.lr", "expected key=value"),
     ],
@@ -62,6 +63,11 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needle
     assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def test_width_checked_at_load():
+    with pytest.raises(ConfigError, match=r"model.core.num_heads = 3 must divide model.hidden_size = 256"):
+        load_config(ROOT / "experiments" / "mnist_ram.yaml", ["model.core.kind=gpt2", "model.core.num_heads=3"])
 
 
 def test_cli_unknown_key(tmp_path):

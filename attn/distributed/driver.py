@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from attn.config import ExperimentConfig, apply_overrides, validate_config
 from attn.data import build_data
-from attn.errors import AttnError, ConfigError
+from attn.errors import AttnError, ConfigError, Interrupted
 from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
 
 RUN_FILE = "attn_run.json"
@@ -161,12 +161,19 @@ def run_training(
             print(f"resuming run {run_name} (MLflow run {run_id})", flush=True)
         else:
             run_id = _open_run(cfg, uri, run_name, run_dir, config_file)
-        result = _fit(cfg, run_name, run_dir, uri, run_id)
+        try:
+            result = _fit(cfg, run_name, run_dir, uri, run_id)
+        except (KeyboardInterrupt, SystemExit):
+            # Ray Train's own SIGINT handler aborts the run and may exit through SystemExit.
+            result = None
+        metrics = dict(result.metrics or {}) if result is not None else {}
+        if "test_error" not in metrics:  # only the final report carries the test metrics
+            status = "KILLED"
+            raise Interrupted(
+                f"run {run_name} was interrupted; its last checkpoint is kept: continue it with --resume {run_name}"
+            )
         status = "FINISHED"
-        return RunResult(run_name, run_dir, run_id, uri, dict(result.metrics or {}))
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+        return RunResult(run_name, run_dir, run_id, uri, metrics)
     finally:
         if run_id is not None:
             try:

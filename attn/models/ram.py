@@ -61,7 +61,7 @@ class RAM(nn.Module):
         self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
         in_features = r.num_scales * spec.channels * r.patch_size**2
         self.glimpse = GlimpseNetwork(in_features, cfg.what_size, cfg.where_size, cfg.hidden_size)
-        self.core = build_core(cfg.core, cfg.hidden_size, cfg.hidden_size)
+        self.core = build_core(cfg.core, cfg.hidden_size, cfg.hidden_size, max_steps=cfg.num_glimpses)
         self.locator = LocationNetwork(cfg.hidden_size)
         self.baseline = BaselineNetwork(cfg.hidden_size)
         self.classifier = Classifier(cfg.hidden_size, spec.num_classes)

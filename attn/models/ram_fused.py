@@ -99,20 +99,25 @@ class RNNGlimpseEpisode(torch.autograd.Function):
         T, B, d = H.shape
         n_what = ctx.n_what
         w_cell = torch.cat([w_ih, w_hh], dim=1)  # (d, 2d)
-        dA = torch.empty_like(H)  # dLoss/d(pre-activation of h_t)
-        dAG = torch.empty_like(G)  # dLoss/d(pre-activation of g_t)
-        dAZ = torch.empty_like(Z)  # dLoss/d(pre-activations of h_what_t, h_where_t)
+        relu_grad = torch.ops.aten.threshold_backward  # grad * (output > 0) in one kernel
+        # In the default routing only h_T receives gradient from outside (the heads read detached
+        # states); skip adding the all-zero dH[t] then.
+        outer = T > 1 and bool(dH[:-1].any())
+        dA: list = [None] * T  # dLoss/d(pre-activation of h_t)
+        dAG: list = [None] * T  # dLoss/d(pre-activation of g_t)
+        dAZ: list = [None] * T  # dLoss/d(pre-activations of h_what_t, h_where_t)
         dh = dH[T - 1]
         for t in range(T - 1, -1, -1):
-            torch.mul(dh, H[t] > 0, out=dA[t])
+            dA[t] = relu_grad(dh, H[t], 0)
             if t > 0:
                 dgh = dA[t].mm(w_cell)  # (B, 2d): [dL/dg_t, dL/dh_{t-1} through W_hh]
                 dg = dgh[:, :d]
-                dh = dgh[:, d:] + dH[t - 1]
+                dh = dgh[:, d:] + dH[t - 1] if outer else dgh[:, d:]
             else:
                 dg = dA[0].mm(w_ih)
-            torch.mul(dg, G[t] > 0, out=dAG[t])
-            torch.mul(dAG[t].mm(w_out), Z[t] > 0, out=dAZ[t])
+            dAG[t] = relu_grad(dg, G[t], 0)
+            dAZ[t] = relu_grad(dAG[t].mm(w_out), Z[t], 0)
+        dA, dAG, dAZ = torch.stack(dA), torch.stack(dAG), torch.stack(dAZ)
         # Weight gradients: one product over all T*B rows each.
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
         dA2, dAG2, dAZ2 = flat(dA), flat(dAG), flat(dAZ)

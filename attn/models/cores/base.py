@@ -2,14 +2,23 @@
 
     state = core.init_state(batch_size, device, dtype)
     h_t, state = core.step(g_t, state)          # g_t: (B, input_size) -> h_t: (B, hidden_size)
+    H = core.forward_sequence(G)                # G = (g_1..g_T): (B, T, input_size) -> H: (B, T, hidden_size)
 
-States are explicit tensors passed in and out (never buffers mutated inside ``forward``), so a core
-holds no per-episode state, runs on the input's device, and gradients flow through the whole episode.
+``forward_sequence`` is one causal pass over a whole episode: H[:, t] depends on G[:, :t+1] only, and
+equals the h_t that ``step`` returns at step t. States are explicit values passed in and out (never
+buffers mutated inside ``forward``), so a core holds no per-episode state, runs on the input's device,
+and gradients flow through the whole episode.
+
+Transformer cores (:class:`SequenceCore`) carry a :class:`TransformerState`: with ``use_cache`` the
+per-layer keys/values of the earlier steps (one layer pass per step: an episode of T steps does O(T)
+layer passes, step t costs O(t)); without it the prefix G[:, :t] of inputs, re-run through
+``forward_sequence`` every step (O(t^2) per step; for comparison and benchmarks).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -20,7 +29,66 @@ class Core(nn.Module):
     hidden_size: int
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """The state before the first glimpse (h_0 for recurrent cores, an empty cache for transformers)."""
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One step: x = g_t (B, input_size), state after t-1 steps -> (h_t (B, hidden_size), state after t)."""
+        raise NotImplementedError
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """All steps of an episode at once: x = (g_1..g_T) (B, T, input_size) -> (h_1..h_T) (B, T, hidden_size).
+
+        The default loops over :meth:`step` (recurrent cores have nothing to parallelise over time).
+        """
+        state = self.init_state(x.shape[0], x.device, x.dtype)
+        outs = []
+        for t in range(x.shape[1]):
+            h, state = self.step(x[:, t], state)
+            outs.append(h)
+        return torch.stack(outs, dim=1)
+
+
+@dataclass(frozen=True)
+class TransformerState:
+    """State of a transformer core after ``t`` steps of an episode.
+
+    t: steps taken so far (the next input is g_{t+1}, at 0-based position t).
+    layers: use_cache=True: one tuple of tensors per layer (the key/value cache, which IS the memory of
+        the episode), still attached to the autograd graph; () before the first step for gpt2.
+    prefix: use_cache=False: the inputs so far, (B, t, input_size); None with the cache.
+    """
+
+    t: int
+    layers: tuple = ()
+    prefix: Optional[torch.Tensor] = None
+
+
+class SequenceCore(Core):
+    """Base of the causal transformer cores: ``step`` runs cached incremental steps or, with
+    ``use_cache=False``, re-runs :meth:`forward_sequence` over the whole prefix.
+
+    Subclasses implement :meth:`forward_sequence`, :meth:`_init_cache` and :meth:`_step_cached`.
+    """
+
+    use_cache: bool = True
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> TransformerState:
+        if self.use_cache:
+            return TransformerState(0, self._init_cache(batch_size, device, dtype))
+        return TransformerState(0, (), torch.zeros(batch_size, 0, self.input_size, device=device, dtype=dtype))
+
+    def step(self, x: torch.Tensor, state: TransformerState) -> tuple[torch.Tensor, TransformerState]:
+        """x = g_{t+1}: (B, input_size) -> h_{t+1}: (B, hidden_size) and the state after t+1 steps."""
+        if state.prefix is not None:
+            prefix = torch.cat([state.prefix, x[:, None]], dim=1)
+            return self.forward_sequence(prefix)[:, -1], TransformerState(state.t + 1, (), prefix)
+        h, layers = self._step_cached(x, state.t, state.layers)
+        return h, TransformerState(state.t + 1, layers)
+
+    def _init_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple:
+        raise NotImplementedError
+
+    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple) -> tuple[torch.Tensor, tuple]:
+        """x: (B, input_size) at 0-based position t; layers: the cache after t steps -> (h, new cache)."""
         raise NotImplementedError
