@@ -174,13 +174,6 @@ class ModelConfig(Section):
     initial_location: Literal["random", "center"] = Field(
         "random", description="l_0: uniform in [-1, 1]^2, or the image centre."
     )
-    fused_episode: bool = Field(
-        True,
-        description=(
-            "rnn core: run the episode through the fused implementation (same mathematics, "
-            "hand-written backward, about 1.5x faster on CPU); false: the generic autograd loop."
-        ),
-    )
     policy_grad: Literal["detached", "full"] = Field(
         "detached",
         description=(

@@ -57,7 +57,6 @@ class RAM(nn.Module):
         self.std = cfg.policy_std
         self.initial_location = cfg.initial_location
         self.detach_policy_input = cfg.policy_grad == "detached"
-        self.fused = cfg.fused_episode and cfg.core.kind == "rnn"
         self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
         in_features = r.num_scales * spec.channels * r.patch_size**2
         self.glimpse = GlimpseNetwork(in_features, cfg.what_size, cfg.where_size, cfg.hidden_size)
@@ -92,8 +91,6 @@ class RAM(nn.Module):
         noise = None
         if policy == "sample" and T > 1:
             noise = torch.randn(T - 1, B, 2, device=device, dtype=dtype, generator=generator) * self.std
-        if self.fused:
-            return self._fused_forward(images, loc, noise)
         padded = self.retina.pad(images)
         state = self.core.init_state(B, device, dtype)
 
@@ -118,19 +115,4 @@ class RAM(nn.Module):
         else:
             log_pi = baselines = images.new_zeros(B, 0)
         return Episode(log_probs, log_pi, baselines, torch.stack(locations, dim=1))
-
-    def _fused_forward(self, images: torch.Tensor, loc0: torch.Tensor, noise: Optional[torch.Tensor]) -> Episode:
-        """The same episode through :mod:`attn.models.ram_fused` (rnn core only)."""
-        from attn.models.ram_fused import run_fused_episode
-
-        H, L = run_fused_episode(self, images, loc0, noise)  # (T, B, d), (T, B, 2)
-        log_probs = self.classifier(H[-1])
-        if self.num_glimpses == 1:
-            empty = images.new_zeros(images.shape[0], 0)
-            return Episode(log_probs, empty, empty, L.transpose(0, 1))
-        prev = H[:-1]  # h_1 .. h_{T-1}: the states that chose the used locations l_1 .. l_{T-1}
-        mu = self.locator(prev.detach() if self.detach_policy_input else prev)
-        log_pi = gaussian_log_prob(L[1:], mu, self.std).t()
-        baselines = self.baseline(prev.detach()).t()
-        return Episode(log_probs, log_pi, baselines, L.transpose(0, 1))
 
