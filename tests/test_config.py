@@ -100,3 +100,9 @@ def test_cli_top_level_not_mapping(tmp_path):
     f = tmp_path / "list.yaml"
     f.write_text("- a\n- b\n")
     _assert_one_line_error(run_cli(str(f)), 2, "list.yaml", "mapping")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_file_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.tracking.experiment_name == path.stem

@@ -1,0 +1,35 @@
+"""The benchmark commands run, print their table and JSON, and count layer passes correctly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+TINY = ["--batch", "4", "--repeats", "1", "model.hidden_size=16", "model.what_size=8", "model.where_size=8"]
+
+
+def _json_rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_ram_prints_table_then_json():
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "ram", "--steps", "2", *TINY],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["name"] == "ram" and last["images_per_s"] > 0 and last["peak_mem_mb"] > 0
+    assert "images_per_s" in proc.stdout.splitlines()[0]
+
+
+def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "cores", "--steps", "1", "--glimpses", "3", "5", *TINY],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = _json_rows(proc.stdout)
+    assert {r["core"] for r in rows} == {"rnn", "lstm", "gpt2", "trxl", "gtrxl"}
+    for r in rows:
+        T = r["glimpses"]
+        want = T * (T + 1) // 2 if r["cache"] is False else T
+        assert r["layer_passes"] == want, r
+        assert r["images_per_s"] > 0
