@@ -149,10 +149,6 @@ class CoreConfig(Section):
                     f"model.core.head_dim = {self.head_dim}: gpt2 needs head_dim * num_heads == "
                     f"model.hidden_size = {hidden_size}; leave head_dim unset"
                 )
-            if hidden_size % self.num_heads:
-                raise ValueError(
-                    f"model.core.num_heads = {self.num_heads} must divide model.hidden_size = {hidden_size} (gpt2)"
-                )
             if self.n_positions is not None and num_glimpses is not None and self.n_positions < num_glimpses:
                 raise ValueError(
                     f"model.core.n_positions = {self.n_positions} is smaller than model.num_glimpses = "

@@ -227,7 +227,5 @@ def _fit(cfg: ExperimentConfig, run_name: str, run_dir: Path, uri: str, run_id: 
     )
     try:
         return trainer.fit()
-    except KeyboardInterrupt:
-        raise
     except Exception as exc:
         raise _explain_failure(exc, run_name) from None

@@ -69,18 +69,12 @@ class Retina(nn.Module):
         # that follows the module's device for the usual case.
         self._pool64 = _pool_matrices(self.g, self.sizes)
         self.register_buffer("pool", self._pool64.float(), persistent=False)
-        self.register_buffer("offsets", torch.arange(self.S), persistent=False)
         self._offset_cache: dict = {}
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """Pad once per episode: S // 2 before, S - S // 2 after, on both spatial axes."""
         lo, hi = self.S // 2, self.S - self.S // 2
         return F.pad(images, (lo, hi, lo, hi), value=self.pad_value)
-
-    def centres(self, loc: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel centre (cy, cx) of locations l (B, 2) on an H x W image, as int64 (B,)."""
-        c = self._centres(loc, height, width)
-        return c[:, 1], c[:, 0]
 
     def _centres(self, loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
         # (B, 2) int64 (cx, cy) = floor((l + 1) / 2 * (W, H)) in one vector op over both axes.
@@ -92,7 +86,7 @@ class Retina(nn.Module):
         key = (padded_width, device)
         cached = self._offset_cache.get(key)
         if cached is None:
-            o = self.offsets.to(device)
+            o = torch.arange(self.S, device=device)
             cached = (o[:, None] * padded_width + o[None, :]).reshape(-1)
             self._offset_cache[key] = cached
         return cached
