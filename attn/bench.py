@@ -3,6 +3,10 @@
 - ``python -m attn.bench ram [--batch 128] [--steps 200] [key=value ...]``: full training steps
   (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped input in
   this process with the default thread count: images/s (median over repeats) and peak memory.
+- ``python -m attn.bench dram [--batch 64] [--steps 20] [key=value ...]``: full training steps of DRAM
+  (context net, two stacked cores, conv glimpse net, sequence hybrid loss) on random 54x54 gray input
+  with labels of 1-3 digits plus the end token (4 label slots), 3 glimpses per digit (12 glimpses per
+  episode); model defaults in ``DRAM_BASE`` (LSTM, d = 512, 2 scales of 12x12), any key overridable.
 - ``python -m attn.bench cores [--glimpses 6 12 24] [key=value ...]``: every core, with and without
   its key/value cache (Transformer cores), at T glimpses: training images/s, the forward time of one
   episode batch, and the layer passes per episode (token positions each layer processed), which grow
@@ -23,10 +27,11 @@ import time
 import torch
 
 from attn.config import load_config
-from attn.data.base import DataSpec
+from attn.data.base import IGNORE_INDEX, DataSpec
 from attn.engine.optim import build_optimizer
 from attn.errors import AttnError
-from attn.losses import hybrid_loss
+from attn.engine.loop import label_slots
+from attn.losses import episode_loss
 from attn.models import build_model
 from attn.runtime import configure_torch
 
@@ -39,15 +44,18 @@ def _peak_rss_mb() -> float:
 SPEC = DataSpec(1, 28, 28, 10, tuple(str(i) for i in range(10)))
 
 
-def _training_rate(model, cfg, batch: int, steps: int, repeats: int) -> list[float]:
-    """Images/s of full training steps, one value per repeat (after a warm-up)."""
+def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None) -> list[float]:
+    """Images/s of full training steps, one value per repeat (after a warm-up). Default input: random
+    MNIST-shaped images and labels."""
     optimizer = build_optimizer(model, cfg.train)
-    images = torch.randn(batch, 1, 28, 28)
-    labels = torch.randint(0, 10, (batch,))
+    if images is None:
+        images = torch.randn(batch, 1, 28, 28)
+        labels = torch.randint(0, 10, (batch,))
+    slots = label_slots(labels)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        terms = hybrid_loss(model(images), labels, cfg.train.rl_coef)
+        terms = episode_loss(model(images, **slots), labels, cfg.train.rl_coef, end_token)
         terms.total.backward()
         optimizer.step()
 
@@ -62,16 +70,12 @@ def _training_rate(model, cfg, batch: int, steps: int, repeats: int) -> list[flo
     return rates
 
 
-def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str]) -> dict:
-    cfg = load_config(None, overrides)
-    configure_torch()
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, SPEC)
-    rates = _training_rate(model, cfg, batch, steps, repeats)
+def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repeats: int, **extra) -> dict:
+    """One benchmark result: throughput (median over repeats), memory, the model's shape, the machine."""
     ips = statistics.median(rates)
     m = cfg.model
     return {
-        "name": "ram",
+        "name": name,
         "images_per_s": round(ips, 1),
         "ms_per_step": round(1000.0 * batch / ips, 3),
         "peak_mem_mb": round(_peak_rss_mb(), 1),
@@ -79,16 +83,68 @@ def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str]) -> dic
         "steps": steps,
         "repeats": repeats,
         "rates": [round(r, 1) for r in rates],
-        "glimpses": m.num_glimpses,
+        **extra,
         "patch": m.retina.patch_size,
         "scales": m.retina.num_scales,
         "hidden": m.hidden_size,
         "core": m.core.kind,
+        "params": sum(p.numel() for p in model.parameters()),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
     }
+
+
+def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str]) -> dict:
+    cfg = load_config(None, overrides)
+    configure_torch()
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, SPEC)
+    rates = _training_rate(model, cfg, batch, steps, repeats)
+    return _row("ram", model, cfg, rates, batch, steps, repeats, glimpses=cfg.model.num_glimpses)
+
+
+DRAM_BASE = [
+    "data.task=svhn",
+    "model.name=dram",
+    "model.retina.patch_size=12",
+    "model.retina.num_scales=2",
+    "model.hidden_size=512",
+    "model.core.kind=lstm",
+    "model.glimpses_per_digit=3",
+]
+
+
+def bench_dram(batch: int, steps: int, repeats: int, overrides: list[str]) -> dict:
+    cfg = load_config(None, DRAM_BASE + overrides)
+    configure_torch()
+    torch.manual_seed(cfg.train.seed)
+    L = cfg.max_tokens()
+    spec = DataSpec(1, 54, 54, 11, ("<end>",) + tuple("1234567890"), max_tokens=L, end_token=0)
+    model = build_model(cfg.model, spec)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, 54, 54, generator=g)
+    digits = min(3, L - 1)
+    lengths = torch.arange(batch) % digits + 1  # 1..3 digits, then the end token
+    labels = torch.full((batch, L), IGNORE_INDEX)
+    for i, n in enumerate(lengths.tolist()):
+        labels[i, :n] = torch.randint(1, 11, (n,), generator=g)
+        labels[i, n] = 0
+    rates = _training_rate(model, cfg, batch, steps, repeats, images, labels, end_token=0)
+    m = cfg.model
+    return _row(
+        "dram",
+        model,
+        cfg,
+        rates,
+        batch,
+        steps,
+        repeats,
+        image=54,
+        glimpses_per_digit=m.glimpses_per_digit,
+        glimpses=(digits + 1) * m.steps_per_token(),
+    )
 
 
 def _count_layer_positions(model) -> list[int]:
@@ -167,19 +223,23 @@ def _print_table(rows: list[dict], keys: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m attn.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("which", choices=["ram", "cores"], help="what to benchmark")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=None, help="training steps per repeat (ram 200, cores 10)")
+    p.add_argument("which", choices=["ram", "dram", "cores"], help="what to benchmark")
+    p.add_argument("--batch", type=int, default=None, help="images per step (ram, cores 128; dram 64)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per repeat (ram 200, dram 20, cores 10)")
     p.add_argument("--glimpses", type=int, nargs="+", default=[6, 12, 24], help="cores: values of T")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
     args = p.parse_intermixed_args(argv)
     try:
         if args.which == "ram":
-            rows = [bench_ram(args.batch, args.steps or 200, args.repeats, args.overrides)]
+            rows = [bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides)]
             keys = ["name", "core", "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
+        elif args.which == "dram":
+            rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides)]
+            keys = ["name", "core", "image", "glimpses_per_digit", "glimpses", "batch", "images_per_s", "ms_per_step",
+                    "peak_mem_mb", "threads"]
         else:
-            rows = bench_cores(args.batch, args.steps or 10, args.repeats, args.glimpses, args.overrides)
+            rows = bench_cores(args.batch or 128, args.steps or 10, args.repeats, args.glimpses, args.overrides)
             keys = ["core", "cache", "glimpses", "images_per_s", "episode_ms", "layer_passes", "layers", "batch"]
     except AttnError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Command line of ``run.py``.
 
     python run.py EXPERIMENT.yaml [key=value ...] [--resume [RUN_NAME]]    train one configuration
+    python run.py prepare svhn --to DIR [--url BASE_URL] [--no-extra] [--keep-archives]
+                                                                          download and prepare a dataset
 
 Errors caused by input (bad config, missing data, unreadable checkpoint, unreachable tracking store)
 print one line ``error: ...`` and exit non-zero (2 for configuration errors), without a traceback.
@@ -59,6 +61,40 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _prepare(argv: list[str]) -> int:
+    from attn.data.svhn import DEFAULT_URL
+
+    p = argparse.ArgumentParser(
+        prog="run.py prepare",
+        description=(
+            "Download a dataset, verify and extract it, and build its training cache. svhn: format 1 "
+            "(train/, test/, extra/ with PNGs and digitStruct.mat); then train with data.task=svhn "
+            "data.data_dir=DIR."
+        ),
+    )
+    p.add_argument("dataset", choices=["svhn"], help="the dataset to prepare")
+    p.add_argument("--to", required=True, metavar="DIR", help="folder to fill (created if missing)")
+    p.add_argument("--url", default=DEFAULT_URL, metavar="BASE_URL", help=f"where the archives are ({DEFAULT_URL})")
+    p.add_argument("--no-extra", action="store_true", help="skip extra/ (1.3 GB; train with data.use_extra=false)")
+    p.add_argument("--keep-archives", action="store_true", help="keep the .tar.gz files after extracting them")
+    args = p.parse_args(argv)
+
+    from attn.data.svhn import prepare_svhn
+
+    try:
+        counts = prepare_svhn(args.to, base_url=args.url, extra=not args.no_extra, keep_archives=args.keep_archives)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue (downloads and builds resume)", file=sys.stderr)
+        return 130
+    print(
+        f"done: SVHN in {args.to}: "
+        + ", ".join(f"{k} {v} images" for k, v in counts.items())
+        + f"; train with data.task=svhn data.data_dir={args.to}"
+        + (" data.use_extra=false" if args.no_extra else "")
+    )
+    return 0
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -68,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # SIGTERM (a scheduler, `kill`) stops a run like Ctrl-C: cleanly, its checkpoint kept.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if argv and argv[0] == "prepare":
+            return _prepare(argv[1:])
         if argv and argv[0] == "train":
             argv = argv[1:]
         return _train(argv)

@@ -8,6 +8,7 @@ out-of-range values with one sentence naming the file, the key, the value and wh
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -26,11 +27,25 @@ class Section(BaseModel):
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+SEQUENCE_TASKS = ("svhn",)
+_SVHN_ONLY = ("use_extra", "max_digits", "color", "image_size", "crop_size", "cache_dir")
+
+
 class DataConfig(Section):
-    task: Literal["mnist"] = Field("mnist", description="Which dataset and label encoding to use.")
+    task: Literal["mnist", "svhn"] = Field(
+        "mnist",
+        description=(
+            "mnist: 28x28 digits, one label (RAM); svhn: SVHN format 1 house numbers, digit sequences "
+            "(DRAM), Goodfellow et al. crops."
+        ),
+    )
     data_dir: Optional[str] = Field(
         None,
-        description="Folder with the dataset files. None: the MNIST copy embedded in the package.",
+        description=(
+            "Folder with the dataset files. mnist: None uses the copy embedded in the package. svhn: the "
+            "folder holding train/, test/ (and extra/) of format 1; `python run.py prepare svhn --to DIR` "
+            "makes one."
+        ),
     )
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Seeded share of the training set held out for validation."
@@ -44,6 +59,55 @@ class DataConfig(Section):
     )
     mean: float = Field(0.1307, description="Normalisation mean (pixel values in [0, 1]).")
     std: float = Field(0.3081, gt=0.0, description="Normalisation standard deviation.")
+    normalize: Literal["dataset", "per_image"] = Field(
+        "dataset",
+        description=(
+            "dataset: (x - mean) / std with the two values above (MNIST statistics, also for svhn as in "
+            "earlier work); per_image: each image (after cropping) to mean 0 and std 1, which removes "
+            "brightness and contrast differences between photos."
+        ),
+    )
+    # svhn only
+    use_extra: bool = Field(True, description="svhn: pool extra/ (202k images) with train/ before the split.")
+    max_digits: int = Field(
+        5,
+        ge=1,
+        le=16,
+        description=(
+            "svhn: longest number kept; label = digits + end token, so max_digits + 1 slots. Longer numbers "
+            "are skipped and their count reported (never cut)."
+        ),
+    )
+    color: Literal["gray", "rgb"] = Field("gray", description="svhn: images stored and fed as 1 or 3 channels.")
+    image_size: int = Field(64, ge=8, le=512, description="svhn: side of the resized, 30%-enlarged number box.")
+    crop_size: int = Field(
+        54, ge=8, le=512, description="svhn: side of the crop fed to the model (random in training, centre in evaluation)."
+    )
+    cache_dir: Optional[str] = Field(
+        None, description="svhn: where the prepared arrays are kept. None: <data_dir>/attn-cache."
+    )
+
+    @model_validator(mode="after")
+    def _check_task_options(self) -> "DataConfig":
+        if self.normalize == "per_image":
+            for key in ("mean", "std"):
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(
+                        f"data.{key} = {getattr(self, key)!r} is unused with data.normalize = 'per_image'; "
+                        "remove it or set data.normalize=dataset"
+                    )
+        if self.task != "svhn":
+            for key in _SVHN_ONLY:
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(
+                        f"data.{key} = {getattr(self, key)!r} applies only to data.task 'svhn'; remove it"
+                    )
+        elif self.crop_size > self.image_size:
+            raise ValueError(
+                f"data.crop_size = {self.crop_size} is larger than data.image_size = {self.image_size}; "
+                "the crop is taken from the resized image"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,10 +133,10 @@ class CoreConfig(Section):
     model.hidden_size (d). Options that do not apply to the chosen kind must stay at their defaults.
     """
 
-    kind: CoreKind = Field(
-        "rnn",
+    kind: Optional[CoreKind] = Field(
+        None,
         description=(
-            "rnn | lstm: recurrent cells; gpt2: transformers.GPT2Model (pre-LN, learned absolute "
+            "None: the model's own (ram: rnn, dram: lstm). rnn | lstm: recurrent cells; gpt2: transformers.GPT2Model (pre-LN, learned absolute "
             "positions); trxl: Transformer-XL (relative attention, memory); gtrxl: gated TrXL "
             "(Parisotto et al. 2019)."
         ),
@@ -114,6 +178,8 @@ class CoreConfig(Section):
 
     @model_validator(mode="after")
     def _check_kind_options(self) -> "CoreConfig":
+        if self.kind is None:
+            return self  # checked once the model has chosen its default kind
         applies = {
             "num_layers": _TRANSFORMERS,
             "num_heads": _TRANSFORMERS,
@@ -134,8 +200,11 @@ class CoreConfig(Section):
                 )
         return self
 
-    def check_against(self, hidden_size: int, num_glimpses: Optional[int]) -> None:
-        """Cross-checks with the model's width d and episode length T; raise ValueError naming the key."""
+    def check_against(
+        self, hidden_size: int, num_glimpses: Optional[int], steps_name: str = "model.num_glimpses"
+    ) -> None:
+        """Cross-checks with the model's width d and the most steps a core takes (``steps_name`` says
+        where that number comes from); raise ValueError naming the key."""
         if self.kind not in _TRANSFORMERS:
             return
         if self.head_dim is None and hidden_size % self.num_heads:
@@ -151,36 +220,112 @@ class CoreConfig(Section):
                 )
             if self.n_positions is not None and num_glimpses is not None and self.n_positions < num_glimpses:
                 raise ValueError(
-                    f"model.core.n_positions = {self.n_positions} is smaller than model.num_glimpses = "
-                    f"{num_glimpses}; set n_positions >= num_glimpses or leave it unset"
+                    f"model.core.n_positions = {self.n_positions} is smaller than {steps_name} = "
+                    f"{num_glimpses}; set n_positions >= {num_glimpses} or leave it unset"
                 )
 
 
+class ContextConfig(Section):
+    """DRAM's context network: reads the whole (down-sampled) image once and sets the top layer's
+    initial state and the first location."""
+
+    kind: Literal["cnn"] = Field(
+        "cnn",
+        description=(
+            "cnn: conv 5x5 (C -> 64, stride) -> max-pool 2 -> conv 3x3 (64 -> 64) -> max-pool 2 -> "
+            "conv 3x3 (64 -> 128) -> max-pool 2 -> Linear -> d, ReLU after each conv."
+        ),
+    )
+    stride: int = Field(1, ge=1, le=8, description="Stride of the first convolution (2 down-samples large canvases).")
+
+
+_RAM_ONLY = ("what_size", "where_size", "num_glimpses")
+_DRAM_ONLY = ("glimpses_per_digit", "explore_steps", "conv_channels", "fusion", "context")
+
+
 class ModelConfig(Section):
-    name: Literal["ram"] = Field("ram", description="RAM (Mnih et al. 2014): one label per image.")
+    name: Literal["ram", "dram"] = Field(
+        "ram",
+        description=(
+            "ram: RAM (Mnih et al. 2014), one label per image; dram: DRAM (Ba et al. 2015), a digit "
+            "sequence read glimpse by glimpse (sequence tasks: svhn)."
+        ),
+    )
     retina: RetinaConfig = Field(default_factory=RetinaConfig)
-    what_size: int = Field(128, ge=1, description="Width of the glimpse net's 'what' branch (image patch).")
-    where_size: int = Field(128, ge=1, description="Width of the glimpse net's 'where' branch (location).")
+    what_size: int = Field(128, ge=1, description="ram: width of the glimpse net's 'what' branch (image patch).")
+    where_size: int = Field(128, ge=1, description="ram: width of the glimpse net's 'where' branch (location).")
     hidden_size: int = Field(256, ge=1, description="d: glimpse vector and core state width.")
     core: CoreConfig = Field(default_factory=CoreConfig)
-    num_glimpses: int = Field(6, ge=1, le=256, description="T: glimpses per episode.")
+    num_glimpses: int = Field(6, ge=1, le=256, description="ram: T, glimpses per episode.")
+    glimpses_per_digit: int = Field(
+        3, ge=1, le=64, description="dram: glimpses per label token; the token is read from the last one."
+    )
+    explore_steps: int = Field(
+        0, ge=0, le=64, description="dram: extra glimpses before each token's glimpses, without a prediction."
+    )
+    conv_channels: tuple[int, int, int] = Field(
+        (64, 64, 128),
+        description="dram: channels of the glimpse net's conv 5x5, 3x3, 3x3 'what' path (needs patch_size >= 9).",
+    )
+    fusion: Literal["multiply", "add"] = Field(
+        "multiply",
+        description=(
+            "dram: g = what * ReLU(Linear(l)) (multiply, as Ba et al.) or what + Linear(l) (add: a learned "
+            "location embedding)."
+        ),
+    )
+    context: ContextConfig = Field(default_factory=ContextConfig, description="dram: the context network.")
     policy_std: float = Field(
         0.05, gt=0.0, le=1.0, description="sigma of the Gaussian location policy, in [-1, 1] units."
     )
     initial_location: Literal["random", "center"] = Field(
-        "random", description="l_0: uniform in [-1, 1]^2, or the image centre."
+        "random", description="ram: l_0 uniform in [-1, 1]^2, or the image centre (dram: the context net emits l_1)."
     )
-    policy_grad: Literal["detached", "full"] = Field(
-        "detached",
+    policy_grad: Optional[Literal["detached", "top", "full"]] = Field(
+        None,
         description=(
-            "detached: the location net reads a detached core state (REINFORCE trains only the "
-            "location net); full: REINFORCE also reaches the core and glimpse net."
+            "Which parameters REINFORCE trains. detached: only the location net (its input state is "
+            "detached); top (dram): the location net, the top layer and the context net (the top layer "
+            "reads a detached bottom layer); full: everything upstream of the location net. None: "
+            "detached for ram, top for dram."
         ),
     )
 
+    @property
+    def routing(self) -> str:
+        """policy_grad with its per-model default resolved."""
+        return self.policy_grad or ("top" if self.name == "dram" else "detached")
+
+    def steps_per_token(self) -> int:
+        return self.explore_steps + self.glimpses_per_digit
+
     @model_validator(mode="after")
-    def _check_core(self) -> "ModelConfig":
-        self.core.check_against(self.hidden_size, self.num_glimpses)
+    def _check_model_options(self) -> "ModelConfig":
+        if self.core.kind is None:
+            self.core.kind = "rnn" if self.name == "ram" else "lstm"  # validated on assignment
+        own, other = (_RAM_ONLY, _DRAM_ONLY) if self.name == "ram" else (_DRAM_ONLY, _RAM_ONLY)
+        for key in other:
+            value = getattr(self, key)
+            default = type(self).model_fields[key].get_default(call_default_factory=True)
+            if value != default:
+                shown = value.model_dump() if isinstance(value, BaseModel) else value
+                raise ValueError(
+                    f"model.{key} = {shown!r} does not apply to model.name {self.name!r}; remove it or change model.name"
+                )
+        if self.name == "ram":
+            if self.policy_grad == "top":
+                raise ValueError("model.policy_grad = 'top' applies to dram only; ram takes 'detached' or 'full'")
+            self.core.check_against(self.hidden_size, self.num_glimpses)
+        else:
+            if self.initial_location != "random":
+                raise ValueError(
+                    "model.initial_location does not apply to dram (the context network emits the first location); remove it"
+                )
+            if self.retina.patch_size < 9:
+                raise ValueError(
+                    f"model.retina.patch_size = {self.retina.patch_size}: dram's conv glimpse net (5x5, 3x3, 3x3 "
+                    "without padding) needs patch_size >= 9"
+                )
         return self
 
 
@@ -259,7 +404,30 @@ class ExperimentConfig(Section):
                 f"model.retina: the largest patch would be {largest} px "
                 "(patch_size * scale**(num_scales-1)); keep it at most 4096"
             )
+        sequence_task = self.data.task in SEQUENCE_TASKS
+        m = self.model
+        if m.name == "dram" and not sequence_task:
+            raise ValueError(
+                f"model.name = 'dram' reads digit sequences; data.task = {self.data.task!r} has one label per "
+                f"image: use model.name=ram, or a sequence task ({', '.join(SEQUENCE_TASKS)})"
+            )
+        if m.name == "ram" and sequence_task:
+            raise ValueError(
+                f"model.name = 'ram' predicts one label; data.task = {self.data.task!r} has digit sequences: "
+                "use model.name=dram"
+            )
+        if m.name == "dram":
+            # the top stream of a transformer DRAM reads the context plus one input per glimpse
+            m.core.check_against(
+                m.hidden_size,
+                1 + self.max_tokens() * m.steps_per_token(),
+                "the dram top stream's steps 1 + (data.max_digits + 1) * (model.explore_steps + model.glimpses_per_digit)",
+            )
         return self
+
+    def max_tokens(self) -> int:
+        """Label slots L per image: 1 for classification, max_digits + 1 (digits, end token) for svhn."""
+        return self.data.max_digits + 1 if self.data.task in SEQUENCE_TASKS else 1
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -300,6 +468,9 @@ def validate_config(raw: dict[str, Any], source: str) -> ExperimentConfig:
         loc = tuple(str(p) for p in err.get("loc", ()))
         key = ".".join(loc) if loc else "(top level)"
         what = _describe_error(err)
+        if err.get("type") == "value_error" and re.match(r"(data|model|train|eval|ray|tracking)\.", what):
+            # cross-field checks name their keys themselves
+            raise ConfigError(f"{source}: {what}") from None
         if err.get("type") == "extra_forbidden":
             allowed = _allowed_keys(loc)
             hint = f"; valid keys here: {', '.join(allowed)}" if allowed else ""

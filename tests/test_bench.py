@@ -33,3 +33,12 @@ def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():
         want = T * (T + 1) // 2 if r["cache"] is False else T
         assert r["layer_passes"] == want, r
         assert r["images_per_s"] > 0
+
+
+def test_bench_dram_prints_table_then_json():
+    tiny = ["--batch", "4", "--repeats", "1", "--steps", "1", "model.hidden_size=16", "model.conv_channels=[4,4,8]"]
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "dram", *tiny], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["name"] == "dram" and last["image"] == 54 and last["glimpses_per_digit"] == 3
+    assert last["glimpses"] == 12 and last["images_per_s"] > 0 and last["peak_mem_mb"] > 0

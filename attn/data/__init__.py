@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from attn.config import DataConfig
-from attn.data.base import BatchLoader, DataSpec, Split, TaskData
+from attn.data.base import IGNORE_INDEX, BatchLoader, DataSpec, Split, TaskData
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Fail now, in one line, on missing or corrupt data; prepare what must exist before training
+    (the SVHN caches). Cheaper than :func:`build_data` where a dataset is large."""
+    if cfg.task == "svhn":
+        from attn.data.svhn import check_svhn
+
+        check_svhn(cfg)
+    else:
+        build_data(cfg)
 
 
 def build_data(cfg: DataConfig) -> TaskData:
@@ -14,12 +25,17 @@ def build_data(cfg: DataConfig) -> TaskData:
         data = load_mnist(
             cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std
         )
+    elif cfg.task == "svhn":
+        from attn.data.svhn import load_svhn
+
+        data = load_svhn(cfg)
     else:  # pragma: no cover - the schema admits only the tasks above
         raise ValueError(f"unknown task {cfg.task!r}")
+    data.per_image = cfg.normalize == "per_image"
     data.train = data.train.head(cfg.train_subset)
     data.val = data.val.head(cfg.eval_subset)
     data.test = data.test.head(cfg.eval_subset)
     return data
 
 
-__all__ = ["BatchLoader", "DataSpec", "Split", "TaskData", "build_data"]
+__all__ = ["IGNORE_INDEX", "BatchLoader", "DataSpec", "Split", "TaskData", "build_data", "check_data"]

@@ -7,26 +7,43 @@ collation, no loader processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
+
+IGNORE_INDEX = -100
+"""Fills label slots after a sequence's end token; seen only by the cross-entropy (masks elsewhere)."""
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model needs to know about its input: C x H x W images and the number of classes."""
+    """What a model needs to know about its input.
+
+    channels, height, width: the C x H x W images the model receives (after any crop).
+    num_classes: token classes. class_names: how each class prints.
+    max_tokens: label slots L per image: 1 for classification (labels (N,)), > 1 for sequence tasks
+        (labels (N, L): tokens then ``end_token``, then IGNORE_INDEX).
+    end_token: the class that ends a sequence; None for classification.
+    """
 
     channels: int
     height: int
     width: int
     num_classes: int
     class_names: tuple[str, ...]
+    max_tokens: int = 1
+    end_token: Optional[int] = None
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.end_token is not None
 
 
 @dataclass
 class Split:
-    """One split: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,), ``ids`` int64 (N,) source ids."""
+    """One split: ``images`` uint8 (N, C, H, W); ``labels`` int64 (N,) or (N, L) token sequences padded
+    with IGNORE_INDEX; ``ids`` int64 (N,) source ids (the index of the image in its source)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -43,16 +60,60 @@ class Split:
 
 @dataclass
 class TaskData:
+    """The three splits of a task and how a batch of stored images becomes model input.
+
+    per_image: normalise each image by its own mean and std instead of ``mean`` and ``std``.
+    crop: None feeds the stored images whole; an int c takes c x c crops of them (uniformly random
+        per image in training, the centre in evaluation: Goodfellow et al.'s 64 -> 54 protocol).
+    notes: lines worth reporting about the data (e.g. how many over-long numbers were skipped).
+    """
+
     spec: DataSpec
     train: Split
     val: Split
     test: Split
     mean: float
     std: float
+    crop: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+    per_image: bool = False
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 [0, 255] -> float32 normalised with the dataset's mean and std."""
-        return (images_uint8.float() * (1.0 / 255.0) - self.mean) * (1.0 / self.std)
+        """uint8 [0, 255] -> float32: (x - mean) / std with the dataset's values, or with ``per_image``
+        each image's own mean and std (over its channels and pixels; a flat image becomes 0)."""
+        x = images_uint8.float() * (1.0 / 255.0)
+        if self.per_image:
+            mu = x.mean(dim=(1, 2, 3), keepdim=True)
+            sd = x.std(dim=(1, 2, 3), keepdim=True)
+            return (x - mu) / sd.clamp_min(1e-3)
+        return (x - self.mean) * (1.0 / self.std)
+
+    def model_input(self, images_uint8: torch.Tensor, *, train: bool, generator: Optional[torch.Generator] = None):
+        """Stored uint8 batch (B, C, H, W) -> normalised float model input (B, C, h, w)."""
+        if self.crop is not None:
+            images_uint8 = random_crop(images_uint8, self.crop, generator) if train else center_crop(images_uint8, self.crop)
+        return self.normalize(images_uint8)
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size) from the middle: top = (H - size) // 2, left likewise."""
+    H, W = images.shape[-2:]
+    top, left = (H - size) // 2, (W - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def random_crop(images: torch.Tensor, size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), each image cropped at its own uniform offset, in one gather."""
+    B, C, H, W = images.shape
+    dev = images.device
+    top = torch.randint(0, H - size + 1, (B,), device=dev, generator=generator)
+    left = torch.randint(0, W - size + 1, (B,), device=dev, generator=generator)
+    r = torch.arange(size, device=dev)
+    rows = (top[:, None] + r)[:, :, None]  # (B, size, 1)
+    cols = (left[:, None] + r)[:, None, :]  # (B, 1, size)
+    # Advanced indices around a slice put their broadcast dims first: (B, size, size, C).
+    out = images[torch.arange(B, device=dev)[:, None, None], :, rows, cols]
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 class BatchLoader:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attn.config import ExperimentConfig, apply_overrides, validate_config
-from attn.data import build_data
+from attn.data import check_data
 from attn.errors import AttnError, ConfigError, Interrupted
 from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
 
@@ -43,7 +43,8 @@ def _slug(text: str) -> str:
 def default_run_name(cfg: ExperimentConfig) -> str:
     m = cfg.model
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return _slug(f"{cfg.data.task}-{m.name}-{m.core.kind}-g{m.num_glimpses}-{stamp}")
+    glimpses = m.num_glimpses if m.name == "ram" else m.glimpses_per_digit
+    return _slug(f"{cfg.data.task}-{m.name}-{m.core.kind}-g{glimpses}-{stamp}")
 
 
 def experiment_dir(cfg: ExperimentConfig) -> Path:
@@ -116,11 +117,20 @@ def _check_resources(cfg: ExperimentConfig) -> None:
         )
 
 
+def _absolute_data_paths(cfg: ExperimentConfig) -> None:
+    """Relative data paths mean: from where run.py was started. Ray workers run in other folders, so
+    they receive the absolute paths (also what the run records)."""
+    for key in ("data_dir", "cache_dir"):
+        value = getattr(cfg.data, key)
+        if value is not None and not Path(value).expanduser().is_absolute():
+            setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
+
+
 def _check_data_here(cfg: ExperimentConfig) -> None:
     """Fail on a missing or corrupt dataset before any run is opened, in one line, not inside a Ray
     worker. On a cluster the workers read their own copies, so the check is left to them."""
     if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
-        build_data(cfg.data)
+        check_data(cfg.data)
 
 
 def run_training(
@@ -148,6 +158,7 @@ def run_training(
                 f"tracking.run_name={run_name}: a run of that name exists in {run_dir.parent}; "
                 "pick another name or pass --resume to continue it"
             )
+    _absolute_data_paths(cfg)
     # Everything that can be checked is checked before an MLflow run is opened or changed.
     _check_data_here(cfg)
     started_ray = _ray_init(cfg)

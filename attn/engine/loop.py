@@ -1,7 +1,8 @@
 """One training epoch and one evaluation pass, shared by every task and model.
 
-Metrics are accumulated as sums in device tensors (no host sync per batch) and reduced over DDP ranks
-once at the end of the pass, so the printed numbers cover the whole split, not rank 0's shard.
+Metrics are accumulated as sums in device tensors and reduced over DDP ranks once at the end of the
+pass, so the printed numbers cover the whole split, not rank 0's shard. The only host sync per batch
+is reading a sequence batch's longest label (how many slots to run).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
-from attn.data.base import BatchLoader, TaskData
-from attn.losses import hybrid_loss
+from attn.data.base import IGNORE_INDEX, BatchLoader, TaskData
+from attn.losses import episode_loss, sequence_outcome
 
 
 def _all_reduce(sums: torch.Tensor) -> torch.Tensor:
@@ -23,6 +25,17 @@ def _all_reduce(sums: torch.Tensor) -> torch.Tensor:
         sums = sums.clone()
         dist.all_reduce(sums)
     return sums
+
+
+def label_slots(labels: torch.Tensor) -> dict:
+    """Model keyword arguments for a label batch: sequence tasks read the batch's longest label."""
+    if labels.ndim == 1:
+        return {}
+    return {"num_slots": max(int((labels >= 0).sum(dim=1).max()), 1)}
+
+
+# Per-pass sums, in this order.
+_TRAIN_SUMS = ("loss", "nll", "baseline_mse", "reinforce", "correct", "reward", "glimpses", "tokens_correct", "tokens")
 
 
 def train_epoch(
@@ -36,16 +49,21 @@ def train_epoch(
     grad_clip: Optional[float] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, float]:
-    """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks."""
+    """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
+
+    accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
+    tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the
+    glimpses that counted (DRAM stops counting at a sequence's first mistake).
+    """
     model.train()
-    # sums: loss, nll, baseline, reinforce, correct, count
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    end_token = data.spec.end_token
+    sums = torch.zeros(len(_TRAIN_SUMS) + 1, dtype=torch.float64, device=device)  # + image count
     start = time.perf_counter()
     n_batches = len(loader)
     for i, (images, labels, _ids) in enumerate(loader):
-        x = data.normalize(images.to(device, non_blocking=True))
+        x = data.model_input(images.to(device, non_blocking=True), train=True)
         y = labels.to(device, non_blocking=True)
-        terms = hybrid_loss(model(x), y, rl_coef)
+        terms = episode_loss(model(x, **label_slots(y)), y, rl_coef, end_token)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if grad_clip is not None:
@@ -60,28 +78,68 @@ def train_epoch(
                     terms.baseline.detach() * b,
                     terms.reinforce.detach() * b,
                     terms.correct.sum(),
+                    terms.reward.sum(),
+                    terms.glimpses.sum(),
+                    terms.tokens_correct.sum(),
+                    terms.tokens.sum(),
                     torch.tensor(b, device=device),
                 ]
             ).to(sums.dtype)
         if progress is not None:
             progress(i + 1, n_batches)
     elapsed = time.perf_counter() - start
-    total = _all_reduce(sums).tolist()
-    count = max(total[5], 1.0)
+    total = dict(zip(_TRAIN_SUMS + ("count",), _all_reduce(sums).tolist()))
+    count = max(total["count"], 1.0)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    acc = total[4] / count
-    return {
-        "loss": total[0] / count,
-        "nll": total[1] / count,
-        "baseline_mse": total[2] / count,
-        "reinforce": total[3] / count,
-        "accuracy": acc,
-        "error": 100.0 * (1.0 - acc),
+    acc = total["correct"] / count
+    out = {k: total[k] / count for k in ("loss", "nll", "baseline_mse", "reinforce")}
+    out.update(
+        accuracy=acc,
+        error=100.0 * (1.0 - acc),
         # every rank trained on its own shard in the same wall time
-        "images_per_s": count / elapsed if elapsed > 0 else math.nan,
-        "epoch_time_s": elapsed,
-        "workers": world,
-    }
+        images_per_s=count / elapsed if elapsed > 0 else math.nan,
+        epoch_time_s=elapsed,
+        workers=world,
+    )
+    if end_token is not None:
+        out.update(
+            reward=total["reward"] / count,
+            token_accuracy=total["tokens_correct"] / max(total["tokens"], 1.0),
+            glimpses_per_image=total["glimpses"] / count,
+        )
+    return out
+
+
+# Per-pass evaluation sums, in this order.
+_EVAL_SUMS = ("nll", "tokens", "correct", "tokens_correct", "digits_correct", "digits", "reward", "count")
+
+
+def score_batch(log_probs: torch.Tensor, targets: torch.Tensor, end_token: Optional[int]) -> torch.Tensor:
+    """Sums over a batch, in the order of ``_EVAL_SUMS``, of predictions ``log_probs`` against targets.
+
+    Classification: log_probs (B, C), targets (B,). Sequences: log_probs (B, L, C), targets (B, L')
+    padded with IGNORE_INDEX (L' >= L, the slots beyond L padding only). nll sums over label tokens;
+    digits are the tokens other than the end token.
+    """
+    B = targets.shape[0]
+    if end_token is None:
+        nll = F.nll_loss(log_probs, targets, reduction="sum")
+        correct = (log_probs.argmax(-1) == targets).sum().to(nll.dtype)
+        one = torch.tensor(float(B), device=nll.device, dtype=nll.dtype)
+        return torch.stack([nll, one, correct, correct, correct, one, correct, one])
+    y = targets[:, : log_probs.shape[1]]
+    out = sequence_outcome(log_probs.argmax(-1), y, end_token)
+    nll = F.nll_loss(log_probs.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum")
+    digit = out.valid & (y != end_token)
+    parts = [
+        out.valid.sum(),
+        out.correct.sum(),
+        out.token_correct.sum(),
+        (out.token_correct & digit).sum(),
+        digit.sum(),
+        out.reward.sum(),
+    ]
+    return torch.stack([nll] + [t.to(nll.dtype) for t in parts] + [nll.new_tensor(float(B))])
 
 
 @torch.no_grad()
@@ -95,32 +153,43 @@ def evaluate(
     mc_samples: int = 1,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Classification NLL, accuracy and error (%) of ``model`` on ``loader``'s split.
+    """NLL, accuracy and error (%) of ``model`` on ``loader``'s split (deterministic input: centre crops).
 
-    policy="mean" runs the mean action mu_t (deterministic given ``seed``, which fixes l_0);
+    policy="mean" runs the mean action mu_t (deterministic given ``seed``, which fixes RAM's l_0);
     policy="sample" with ``mc_samples`` = M runs M sampled episodes per image and averages the
-    class log-probabilities over them (log-mean over copies: the geometric mean of probabilities),
-    then takes the argmax.
+    (token) log-probabilities over them (log-mean over copies: the geometric mean of probabilities),
+    then takes the argmax. accuracy counts images whose whole label is right (sequence accuracy);
+    sequence tasks add token_accuracy, digit_accuracy (end tokens excluded) and reward (leading
+    tokens right). nll is per label token.
     """
     was_training = model.training
     model.eval()
+    end_token = data.spec.end_token
     generator = torch.Generator(device=device).manual_seed(seed + 7919 * loader.rank)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, correct, count
+    sums = torch.zeros(len(_EVAL_SUMS), dtype=torch.float64, device=device)
     for images, labels, _ids in loader:
-        x = data.normalize(images.to(device))
+        x = data.model_input(images.to(device), train=False)
         y = labels.to(device)
         m = mc_samples if policy == "sample" else 1
-        xm = x.repeat(m, 1, 1, 1) if m > 1 else x
-        log_probs = model(xm, policy=policy, generator=generator).log_probs
+        xm = x.repeat(m, *([1] * (x.ndim - 1))) if m > 1 else x
+        log_probs = model(xm, policy=policy, generator=generator, **label_slots(y)).log_probs
         if m > 1:
-            log_probs = log_probs.view(m, x.shape[0], -1).mean(0)
-        nll = torch.nn.functional.nll_loss(log_probs, y, reduction="sum")
-        correct = (log_probs.argmax(-1) == y).sum()
-        sums += torch.stack([nll, correct.to(nll.dtype), torch.tensor(float(y.shape[0]), device=device)]).to(
-            sums.dtype
-        )
+            log_probs = log_probs.view(m, x.shape[0], *log_probs.shape[1:]).mean(0)
+        sums += score_batch(log_probs, y, end_token).to(sums.dtype)
     model.train(was_training)
-    total = _all_reduce(sums).tolist()
-    count = max(total[2], 1.0)
-    acc = total[1] / count
-    return {"nll": total[0] / count, "accuracy": acc, "error": 100.0 * (1.0 - acc), "count": total[2]}
+    total = dict(zip(_EVAL_SUMS, _all_reduce(sums).tolist()))
+    count = max(total["count"], 1.0)
+    acc = total["correct"] / count
+    out = {
+        "nll": total["nll"] / max(total["tokens"], 1.0),
+        "accuracy": acc,
+        "error": 100.0 * (1.0 - acc),
+        "count": total["count"],
+    }
+    if end_token is not None:
+        out.update(
+            token_accuracy=total["tokens_correct"] / max(total["tokens"], 1.0),
+            digit_accuracy=total["digits_correct"] / max(total["digits"], 1.0),
+            reward=total["reward"] / count,
+        )
+    return out

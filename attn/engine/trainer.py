@@ -58,6 +58,10 @@ class WorkerInfo:
     device: torch.device = torch.device("cpu")
 
 
+# Per-pass values that are not curves: the image count, and timing logged once under its own name.
+_NOT_LOGGED = ("count", "workers", "images_per_s", "epoch_time_s")
+
+
 def _epoch_seed(base: int, epoch: int, rank: int) -> int:
     # Reseeding at every epoch makes a resumed run draw the same episodes as an uninterrupted one.
     return (base * 1_000_003 + epoch * 1_009 + rank) % (2**63)
@@ -124,6 +128,8 @@ def fit(
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
             f"{info.world} worker(s) x batch {tc.batch_size}"
         )
+        for note in data.notes:
+            log(note)
 
     def save(epoch: int, metrics: dict[str, float]) -> None:
         ckpt_dir = None
@@ -158,22 +164,15 @@ def fit(
                 best_error, best_epoch = vm["error"], epoch
                 best_state = copy.deepcopy(model.state_dict())
             epoch_times.append(time.perf_counter() - t0)
-            metrics = {
-                "epoch": epoch,
-                "train_loss": tm["loss"],
-                "train_nll": tm["nll"],
-                "train_baseline_mse": tm["baseline_mse"],
-                "train_reinforce": tm["reinforce"],
-                "train_accuracy": tm["accuracy"],
-                "train_error": tm["error"],
-                "val_nll": vm["nll"],
-                "val_accuracy": vm["accuracy"],
-                "val_error": vm["error"],
-                "best_val_error": best_error,
-                "lr": lr,
-                "images_per_s": tm["images_per_s"],
-                "epoch_time_s": epoch_times[-1],
-            }
+            metrics = {"epoch": epoch}
+            metrics.update({f"train_{k}": v for k, v in tm.items() if k not in _NOT_LOGGED})
+            metrics.update({f"val_{k}": v for k, v in vm.items() if k not in _NOT_LOGGED})
+            metrics.update(
+                best_val_error=best_error,
+                lr=lr,
+                images_per_s=tm["images_per_s"],
+                epoch_time_s=epoch_times[-1],
+            )
             stop = epoch - best_epoch > tc.patience
             if is_chief:
                 tracker.log_metrics(metrics, step=epoch)
@@ -208,10 +207,15 @@ def fit(
         "test_error_mc": t_mc["error"],
         "test_mc_samples": m,
     }
+    for k in ("token_accuracy", "digit_accuracy", "reward"):
+        if k in t_mean:
+            final[f"test_{k}"] = t_mean[k]
+            final[f"test_{k}_mc"] = t_mc[k]
     if is_chief:
         tracker.log_metrics({k: v for k, v in final.items() if k != "epoch"}, step=final["epoch"])
+        what = "sequence error" if data.spec.is_sequence else "error"
         log(
-            f"test error (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
+            f"test {what} (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
             f"1 sample {t_one['error']:.2f}% | {m} samples averaged {t_mc['error']:.2f}%"
         )
     save(final["epoch"], final)

@@ -14,4 +14,10 @@ def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
         from attn.models.ram import RAM
 
         return RAM(cfg, spec)
+    if cfg.name == "dram":
+        from attn.models.dram import DRAM
+
+        if not spec.is_sequence:
+            raise ValueError("dram reads label sequences; this dataset has one label per image")
+        return DRAM(cfg, spec)
     raise ValueError(f"unknown model {cfg.name!r}")  # pragma: no cover - the schema admits only these

@@ -56,7 +56,7 @@ class RAM(nn.Module):
         self.num_glimpses = cfg.num_glimpses
         self.std = cfg.policy_std
         self.initial_location = cfg.initial_location
-        self.detach_policy_input = cfg.policy_grad == "detached"
+        self.detach_policy_input = cfg.routing == "detached"
         self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
         in_features = r.num_scales * spec.channels * r.patch_size**2
         self.glimpse = GlimpseNetwork(in_features, cfg.what_size, cfg.where_size, cfg.hidden_size)

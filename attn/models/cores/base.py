@@ -36,6 +36,11 @@ class Core(nn.Module):
         """One step: x = g_t (B, input_size), state after t-1 steps -> (h_t (B, hidden_size), state after t)."""
         raise NotImplementedError
 
+    def state_from_hidden(self, h0: torch.Tensor) -> Any:
+        """Recurrent cores: the state whose hidden vector is h0 (B, hidden_size) (cell state 0), as DRAM's
+        context network sets its top layer. Transformer cores have no such state: they take h0 as an input."""
+        raise NotImplementedError
+
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """All steps of an episode at once: x = (g_1..g_T) (B, T, input_size) -> (h_1..h_T) (B, T, hidden_size).
 

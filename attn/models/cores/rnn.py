@@ -26,6 +26,9 @@ class RNNCore(Core):
         h = self.cell(x, state)
         return h, h
 
+    def state_from_hidden(self, h0: torch.Tensor) -> torch.Tensor:
+        return h0
+
 
 class LSTMCore(Core):
     def __init__(self, input_size: int, hidden_size: int):
@@ -40,3 +43,6 @@ class LSTMCore(Core):
     def step(self, x: torch.Tensor, state):
         h, c = self.cell(x, state)
         return h, (h, c)
+
+    def state_from_hidden(self, h0: torch.Tensor):
+        return (h0, torch.zeros_like(h0))

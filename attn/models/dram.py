@@ -1,0 +1,140 @@
+"""Deep Recurrent Attention Model (Ba et al. 2015, "Multiple Object Recognition with Visual Attention").
+
+DRAM reads a label sequence (y_1 .. y_L: the digits of a house number, then the end token) from
+images x (B, C, H, W), glimpse by glimpse, with two stacked cores:
+
+    bottom core r1 (classification):  h1_t = r1(g_t, h1_{t-1})
+    top core r2 (location):           h2_t = r2(h1_t, h2_{t-1})
+
+    context step:  ctx = f_ctx(x);  recurrent r2: h2_0 = ctx (cell state 0); transformer r2: h2_0 = r2(ctx)
+                   l_1 ~ N(mu(h2_0), sigma^2 I), b_0 = Linear(h2_0.detach())
+    per label slot j = 1..L, per glimpse k = 1..E+N (E = explore_steps, N = glimpses_per_digit):
+                   g_t = f_g(rho(gray(x), l_t), l_t);  h1_t = r1(g_t);  h2_t = r2(h1_t)
+                   after the slot's last glimpse: log p(y_j | x) = log_softmax(Linear(h1_t))
+                   l_{t+1} ~ N(mu(h2_t), sigma^2 I), b_t = Linear(h2_t.detach())   (not after the very last glimpse)
+
+A Transformer DRAM uses the same two streams (Ba et al.'s layers become two causal Transformers,
+each stepping with its key/value cache): r1 reads (g_1 .. g_t), r2 reads (ctx, h1_1 .. h1_t).
+There are G = L (E + N) glimpses; step s = 0 .. G-1 emits the location of glimpse s (step 0 from the
+context), so log_pi and baselines are (B, G) and ``step_slot[s]`` = s // (E + N) is the label slot
+whose glimpse uses that location. No teacher forcing: labels are never fed back.
+
+Gradient routing (``model.policy_grad``; the sampled locations are always detached):
+    top (default): mu reads h2; r2 reads h1.detach(). REINFORCE trains the location net, r2 and the
+        context net (as in the paper); classification trains the glimpse net and r1.
+    detached: mu reads h2.detach(): REINFORCE trains only the location net; r2 and the context net
+        then receive no gradient at all (reproduces an earlier implementation).
+    full: mu reads h2 and r2 reads h1: REINFORCE reaches everything upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from attn.config import ModelConfig
+from attn.data.base import DataSpec
+from attn.models.context import build_context
+from attn.models.cores import SequenceCore, build_core
+from attn.models.glimpse import ConvGlimpseNetwork
+from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
+from attn.models.retina import Retina
+
+Policy = Literal["sample", "mean"]
+
+
+@dataclass
+class SequenceEpisode:
+    """What one DRAM episode produced (B = batch, L = label slots, G = glimpses = L (E + N)).
+
+    log_probs: (B, L, classes) token log-probabilities, one row per label slot.
+    log_pi: (B, G) log pi of the location used by glimpse s (s = 0: emitted from the context).
+    baselines: (B, G) b for the same steps.
+    locations: (B, G, 2) the locations the glimpses were taken at, unclamped.
+    step_slot: (G,) int64, the label slot each glimpse (and its location) belongs to.
+    """
+
+    log_probs: torch.Tensor
+    log_pi: torch.Tensor
+    baselines: torch.Tensor
+    locations: torch.Tensor
+    step_slot: torch.Tensor
+
+
+class DRAM(nn.Module):
+    def __init__(self, cfg: ModelConfig, spec: DataSpec):
+        super().__init__()
+        r, d = cfg.retina, cfg.hidden_size
+        self.std = cfg.policy_std
+        self.max_tokens = spec.max_tokens
+        self.explore = cfg.explore_steps
+        self.steps_per_token = cfg.steps_per_token()
+        self.routing = cfg.routing
+        self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
+        self.glimpse = ConvGlimpseNetwork(r.num_scales, r.patch_size, cfg.conv_channels, d, cfg.fusion)
+        self.context = build_context(cfg.context, spec.channels, spec.height, spec.width, d)
+        glimpses = spec.max_tokens * self.steps_per_token
+        self.lower = build_core(cfg.core, d, d, max_steps=glimpses)
+        self.upper = build_core(cfg.core, d, d, max_steps=glimpses + 1)
+        self.locator = LocationNetwork(d)
+        self.baseline = BaselineNetwork(d)
+        self.classifier = Classifier(d, spec.num_classes)
+
+    def _open_upper(self, ctx: torch.Tensor):
+        """The context step: (h2_0, state of r2) from ctx."""
+        if isinstance(self.upper, SequenceCore):
+            return self.upper.step(ctx, self.upper.init_state(ctx.shape[0], ctx.device, ctx.dtype))
+        return ctx, self.upper.state_from_hidden(ctx)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        policy: Policy = "sample",
+        generator: Optional[torch.Generator] = None,
+        num_slots: Optional[int] = None,
+    ) -> SequenceEpisode:
+        """Run one episode.
+
+        Args:
+            images: (B, C, H, W) normalised images; the context net sees all C channels, the glimpses
+                their channel mean (gray).
+            policy: "sample" draws l ~ N(mu, sigma^2 I); "mean" takes l = mu (log_pi at mu).
+            generator: optional RNG of the policy noise (reproducible evaluation).
+            num_slots: L, label slots to read (default: spec.max_tokens). Training passes the batch's
+                longest label: later slots could only ever be masked out.
+        """
+        B, C, H, W = images.shape
+        L = num_slots or self.max_tokens
+        G = L * self.steps_per_token
+        device, dtype = images.device, images.dtype
+        noise = None
+        if policy == "sample":
+            noise = torch.randn(G, B, 2, device=device, dtype=dtype, generator=generator) * self.std
+        gray = images.mean(dim=1, keepdim=True) if C > 1 else images
+        padded = self.retina.pad(gray)
+
+        h2, upper_state = self._open_upper(self.context(images))
+        lower_state = self.lower.init_state(B, device, dtype)
+        tops, mus, locations, token_logp = [h2], [], [], []
+        for s in range(G):
+            mu = self.locator(h2.detach() if self.routing == "detached" else h2)
+            loc = (mu + noise[s]).detach() if noise is not None else mu.detach()
+            mus.append(mu)
+            locations.append(loc)
+            g = self.glimpse(self.retina(padded, loc, H, W), loc)
+            h1, lower_state = self.lower.step(g, lower_state)
+            if (s + 1) % self.steps_per_token == 0:
+                token_logp.append(self.classifier(h1))
+            if s == G - 1:
+                break  # the location after the last glimpse would never be used
+            h2, upper_state = self.upper.step(h1 if self.routing == "full" else h1.detach(), upper_state)
+            tops.append(h2)
+
+        locs = torch.stack(locations, dim=1)  # (B, G, 2)
+        log_pi = gaussian_log_prob(locs, torch.stack(mus, dim=1), self.std)
+        baselines = self.baseline(torch.stack(tops, dim=1).detach())
+        step_slot = torch.arange(G, device=device) // self.steps_per_token
+        return SequenceEpisode(torch.stack(token_logp, dim=1), log_pi, baselines, locs, step_slot)

@@ -1,0 +1,126 @@
+"""End to end: `python run.py experiments/svhn_dram.yaml` trains DRAM through Ray Train (2 DDP workers)
+into a real MLflow store, on a small SVHN format 1 folder written in the official structure (real
+MNIST digits on textured backgrounds), and reads sequence accuracy better than any constant answer."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from svhn_fixture import make_svhn_folder  # noqa: E402
+from test_training import mlflow_client, only_run, run_cli, steps  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+# The shipped experiment, shrunk to run in about a minute on 2 cores: smaller crops and widths.
+SMALL = [
+    "data.use_extra=false",
+    "data.max_digits=2",
+    "data.image_size=40",
+    "data.crop_size=36",
+    "data.normalize=per_image",
+    "model.hidden_size=64",
+    "model.conv_channels=[16,16,32]",
+    "model.glimpses_per_digit=2",
+    "model.policy_std=0.05",
+    "train.batch_size=32",
+    "train.lr=1e-3",
+    "train.scheduler=none",
+    "train.epochs=12",
+    "eval.mc_samples=2",
+    "ray.num_workers=2",
+    "ray.cpus_per_worker=1",
+]
+
+
+def test_dram_trains_on_svhn_format1_through_ray_and_mlflow(tmp_path):
+    data = tmp_path / "svhn"
+    make_svhn_folder(data, "train", 2400, seed=0, max_len=2, long_numbers=6, bad_boxes=4)
+    test_records = make_svhn_folder(data, "test", 300, seed=1, max_len=2)
+    proc = run_cli(tmp_path, str(ROOT / "experiments" / "svhn_dram.yaml"), f"data.data_dir={data}", *SMALL, timeout=600)
+    assert proc.returncode == 0
+    out = proc.stdout + proc.stderr
+    assert "epoch 12/12" in proc.stdout and "test sequence error" in proc.stdout
+    # Over-long numbers and bad boxes are reported, never silently used or cut.
+    assert "skipped 6 of 2400 train images with more than 2 digits" in out
+    assert "dropped 4 of 2400 train images" in out
+
+    client = mlflow_client(tmp_path)
+    run = only_run(client, "svhn_dram")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "dram" and run.data.params["data.task"] == "svhn"
+    for key in ("val_error", "val_token_accuracy", "val_digit_accuracy", "val_reward", "train_reward",
+                "train_glimpses_per_image", "train_token_accuracy", "train_reinforce"):
+        assert steps(client, run.info.run_id, key) == list(range(12)), key
+    m = run.data.metrics
+    # Every image reads 1-2 digits and an end token with 2 glimpses each: 2 to 6 glimpses counted.
+    assert 2.0 <= m["train_glimpses_per_image"] <= 6.0
+
+    # Better than the best constant answer (the most common number of the test set) by a margin.
+    most_common = Counter(r["digits"] for r in test_records).most_common(1)[0][1] / len(test_records)
+    accuracy = 1.0 - m["test_error_mc"] / 100.0
+    print(f"DRAM test sequence accuracy {accuracy:.3f} (most common number {most_common:.3f}), digits {m['test_digit_accuracy']:.3f}")
+    assert accuracy > max(0.12, 2.0 * most_common), (accuracy, most_common)
+    assert m["test_digit_accuracy"] > 0.2  # chance: 0.1
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert "checkpoint/best_model.pt" in arts
+
+
+@pytest.mark.parametrize("layout", ["none", "no_test", "partial"])
+def test_missing_or_partial_svhn_stops_training_with_one_line(tmp_path, layout):
+    data = tmp_path / "data" / "svhn"  # the experiment's default data.data_dir, relative to the cwd
+    if layout != "none":
+        make_svhn_folder(data, "train", 6, seed=0)
+    if layout == "partial":
+        make_svhn_folder(data, "test", 6, seed=1)
+        (data / "test" / "4.png").unlink()
+    proc = run_cli(tmp_path, str(ROOT / "experiments" / "svhn_dram.yaml"), "data.use_extra=false", timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    want = {
+        "none": ["data/svhn", "data.data_dir does not exist", "python run.py prepare svhn --to DIR"],
+        "no_test": ["test", "folder not found", "python run.py prepare svhn --to DIR"],
+        "partial": ["1 of 6 PNGs named in digitStruct.mat are missing", "'4.png'"],
+    }[layout]
+    for needle in want:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was opened before the data was checked
+
+
+@pytest.mark.parametrize("experiment,core", [("svhn_gtrxl", "gtrxl"), ("svhn_dram", "gpt2"), ("svhn_dram", "trxl")])
+def test_shipped_experiments_run_one_epoch_with_every_transformer_core(tmp_path, experiment, core):
+    """The experiment files as shipped (shrunk in width only) train and test through the one loop."""
+    from attn.config import load_config
+    from attn.engine.trainer import NullTracker, WorkerInfo, fit
+
+    data = tmp_path / "svhn"
+    make_svhn_folder(data, "train", 40, seed=0)
+    make_svhn_folder(data, "test", 12, seed=1)
+    overrides = [f"data.data_dir={data}", "data.use_extra=false", "model.hidden_size=32", "model.conv_channels=[4,4,8]",
+                 "train.epochs=1", "train.batch_size=16", "eval.mc_samples=2", "model.explore_steps=1"]
+    if experiment == "svhn_dram":
+        overrides.append(f"model.core.kind={core}")
+    else:
+        overrides.append("model.core.inner_size=32")
+    cfg = load_config(ROOT / "experiments" / f"{experiment}.yaml", overrides)
+
+    class Reporter:
+        reports: list = []
+
+        def latest_checkpoint(self):
+            return None
+
+        def report(self, metrics, checkpoint_dir):
+            self.reports.append(metrics)
+
+    reporter, lines = Reporter(), []
+    final = fit(cfg, WorkerInfo(), reporter, NullTracker(), log=lines.append)
+    assert cfg.model.core.kind == core and f"dram/{core} on svhn" in lines[0]
+    assert 0.0 <= final["test_error_mc"] <= 100.0 and 0.0 <= final["test_digit_accuracy"] <= 1.0
+    assert {"val_token_accuracy", "train_glimpses_per_image"} <= set(reporter.reports[0])
