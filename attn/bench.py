@@ -11,6 +11,9 @@
   its key/value cache (Transformer cores), at T glimpses: training images/s, the forward time of one
   episode batch, and the layer passes per episode (token positions each layer processed), which grow
   linearly in T with the cache and quadratically without it.
+- ``python -m attn.bench background [--batch 128] [--canvas 110 186 224]``: the extended-background
+  generator of ``svhn_background`` (:class:`attn.data.background.Canvas`) on 64x64 gray crops: images/s
+  of training canvases (random, one batched draw) and of evaluation canvases (seeded per image).
 """
 
 from __future__ import annotations
@@ -44,13 +47,22 @@ def _peak_rss_mb() -> float:
 SPEC = DataSpec(1, 28, 28, 10, tuple(str(i) for i in range(10)))
 
 
-def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None) -> list[float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _training_rate(
+    model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None, device=None
+) -> list[float]:
     """Images/s of full training steps, one value per repeat (after a warm-up). Default input: random
-    MNIST-shaped images and labels."""
+    MNIST-shaped images and labels. On a GPU every repeat ends with a synchronisation."""
+    device = device or torch.device("cpu")
     optimizer = build_optimizer(model, cfg.train)
     if images is None:
         images = torch.randn(batch, 1, 28, 28)
         labels = torch.randint(0, 10, (batch,))
+    images, labels = images.to(device), labels.to(device)
     slots = label_slots(labels)
 
     def step() -> None:
@@ -63,22 +75,33 @@ def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None
         step()
     rates = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        _sync(device)
         rates.append(steps * batch / (time.perf_counter() - start))
     return rates
 
 
-def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repeats: int, **extra) -> dict:
-    """One benchmark result: throughput (median over repeats), memory, the model's shape, the machine."""
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _peak_rss_mb()
+
+
+def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repeats: int, device=None, **extra) -> dict:
+    """One benchmark result: throughput (median over repeats), memory (process RSS on CPU, peak
+    allocated GPU memory on a GPU), the model's shape, the machine."""
+    device = device or torch.device("cpu")
     ips = statistics.median(rates)
     m = cfg.model
     return {
         "name": name,
         "images_per_s": round(ips, 1),
         "ms_per_step": round(1000.0 * batch / ips, 3),
-        "peak_mem_mb": round(_peak_rss_mb(), 1),
+        "peak_mem_mb": round(_peak_mb(device), 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "batch": batch,
         "steps": steps,
         "repeats": repeats,
@@ -96,13 +119,14 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
     }
 
 
-def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str]) -> dict:
+def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None) -> dict:
+    device = device or torch.device("cpu")
     cfg = load_config(None, overrides)
     configure_torch()
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, SPEC)
-    rates = _training_rate(model, cfg, batch, steps, repeats)
-    return _row("ram", model, cfg, rates, batch, steps, repeats, glimpses=cfg.model.num_glimpses)
+    model = build_model(cfg.model, SPEC).to(device)
+    rates = _training_rate(model, cfg, batch, steps, repeats, device=device)
+    return _row("ram", model, cfg, rates, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses)
 
 
 DRAM_BASE = [
@@ -116,22 +140,25 @@ DRAM_BASE = [
 ]
 
 
-def bench_dram(batch: int, steps: int, repeats: int, overrides: list[str]) -> dict:
+def bench_dram(
+    batch: int, steps: int, repeats: int, overrides: list[str], device=None, image: int = 54, channels: int = 1
+) -> dict:
+    device = device or torch.device("cpu")
     cfg = load_config(None, DRAM_BASE + overrides)
     configure_torch()
     torch.manual_seed(cfg.train.seed)
     L = cfg.max_tokens()
-    spec = DataSpec(1, 54, 54, 11, ("<end>",) + tuple("1234567890"), max_tokens=L, end_token=0)
-    model = build_model(cfg.model, spec)
+    spec = DataSpec(channels, image, image, 11, ("<end>",) + tuple("1234567890"), max_tokens=L, end_token=0)
+    model = build_model(cfg.model, spec).to(device)
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 1, 54, 54, generator=g)
+    images = torch.randn(batch, channels, image, image, generator=g)
     digits = min(3, L - 1)
     lengths = torch.arange(batch) % digits + 1  # 1..3 digits, then the end token
     labels = torch.full((batch, L), IGNORE_INDEX)
     for i, n in enumerate(lengths.tolist()):
         labels[i, :n] = torch.randint(1, 11, (n,), generator=g)
         labels[i, n] = 0
-    rates = _training_rate(model, cfg, batch, steps, repeats, images, labels, end_token=0)
+    rates = _training_rate(model, cfg, batch, steps, repeats, images, labels, end_token=0, device=device)
     m = cfg.model
     return _row(
         "dram",
@@ -141,7 +168,9 @@ def bench_dram(batch: int, steps: int, repeats: int, overrides: list[str]) -> di
         batch,
         steps,
         repeats,
-        image=54,
+        device,
+        context=m.context.kind,
+        image=f"{channels}x{image}",
         glimpses_per_digit=m.glimpses_per_digit,
         glimpses=(digits + 1) * m.steps_per_token(),
     )
@@ -157,9 +186,9 @@ def _count_layer_positions(model) -> list[int]:
         if isinstance(mod, RelativeLayer):
             block = mod.block
 
-            def counted(x, attend, _block=block):
+            def counted(x, attend, read, _block=block):
                 counter[0] += x.shape[1] if x.dim() == 3 else 1
-                return _block(x, attend)
+                return _block(x, attend, read)
 
             mod.block = counted
         elif type(mod).__name__ == "GPT2Block":
@@ -214,6 +243,44 @@ def bench_cores(batch: int, steps: int, repeats: int, glimpses: list[int], overr
     return rows
 
 
+def bench_background(batch: int, steps: int, repeats: int, canvases: list[int], device=None) -> list[dict]:
+    from attn.data.background import Canvas
+
+    device = device or torch.device("cpu")
+    configure_torch()
+    g = torch.Generator(device).manual_seed(0)
+    crops = torch.randint(0, 256, (batch, 1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    crops = crops.to(device)
+    ids = torch.arange(batch)
+    rows = []
+    for n in canvases:
+        canvas = Canvas(n)
+        for mode in ("train", "eval"):
+            train = mode == "train"
+            canvas.place(crops, train=train, ids=ids, generator=g)  # warm-up
+            rates = []
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    canvas.place(crops, train=train, ids=ids, generator=g)
+                _sync(device)
+                rates.append(batch * steps / (time.perf_counter() - start))
+            rows.append(
+                {
+                    "name": "background",
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "canvas": n,
+                    "mode": mode,
+                    "batch": batch,
+                    "images_per_s": round(statistics.median(rates), 1),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def _print_table(rows: list[dict], keys: list[str]) -> None:
     widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
     print("  ".join(k.ljust(widths[k]) for k in keys))
@@ -223,21 +290,35 @@ def _print_table(rows: list[dict], keys: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m attn.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("which", choices=["ram", "dram", "cores"], help="what to benchmark")
+    p.add_argument("which", choices=["ram", "dram", "cores", "background"], help="what to benchmark")
     p.add_argument("--batch", type=int, default=None, help="images per step (ram, cores 128; dram 64)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per repeat (ram 200, dram 20, cores 10)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps per repeat (ram 200, dram 20, cores 10; background: batches, 10)"
+    )
     p.add_argument("--glimpses", type=int, nargs="+", default=[6, 12, 24], help="cores: values of T")
+    p.add_argument("--canvas", type=int, nargs="+", default=[110, 186, 224], help="background: canvas sides")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ram, dram, background)")
+    p.add_argument("--image", type=int, default=54, help="dram: side of the random input images")
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="dram: channels of the input images")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
     args = p.parse_intermixed_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: no CUDA GPU is visible to PyTorch here; use --device cpu", file=sys.stderr)
+        return 2
     try:
         if args.which == "ram":
-            rows = [bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides)]
-            keys = ["name", "core", "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
+            rows = [bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device)]
+            keys = ["name", "device", "core", "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
         elif args.which == "dram":
-            rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides)]
-            keys = ["name", "core", "image", "glimpses_per_digit", "glimpses", "batch", "images_per_s", "ms_per_step",
-                    "peak_mem_mb", "threads"]
+            rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides, device, args.image,
+                               args.channels)]
+            keys = ["name", "device", "core", "context", "image", "glimpses_per_digit", "glimpses", "batch",
+                    "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
+        elif args.which == "background":
+            rows = bench_background(args.batch or 128, args.steps or 10, args.repeats, args.canvas, device)
+            keys = ["name", "device", "canvas", "mode", "batch", "images_per_s", "threads"]
         else:
             rows = bench_cores(args.batch or 128, args.steps or 10, args.repeats, args.glimpses, args.overrides)
             keys = ["core", "cache", "glimpses", "images_per_s", "episode_ms", "layer_passes", "layers", "batch"]

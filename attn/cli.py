@@ -1,6 +1,7 @@
 """Command line of ``run.py``.
 
-    python run.py EXPERIMENT.yaml [key=value ...] [--resume [RUN_NAME]]    train one configuration
+    python run.py EXPERIMENT.yaml [key=value ...] [--resume [RUN_NAME]]    train one configuration, or
+                                                                          run its sweep: section
     python run.py prepare svhn --to DIR [--url BASE_URL] [--no-extra] [--keep-archives]
                                                                           download and prepare a dataset
 
@@ -42,6 +43,22 @@ def _train(argv: list[str]) -> int:
     from attn.config import load_config
 
     cfg = load_config(args.experiment, args.overrides if args.resume is None else [])
+    if cfg.sweep is not None:
+        from attn.distributed.sweep import run_sweep
+
+        sweep = run_sweep(
+            cfg,
+            config_file=args.experiment,
+            resume=args.resume is not None,
+            resume_name=args.resume or None,
+            overrides=args.overrides if args.resume is not None else None,
+        )
+        print(
+            f"done: sweep {sweep.name}: {len(sweep.rows)} trials, summary {sweep.dir / 'trials.csv'}"
+            + (f", best config {sweep.best_config}" if sweep.best_config else "")
+            + f" | MLflow run {sweep.parent_run_id} in {sweep.tracking_uri}"
+        )
+        return 0
     from attn.distributed.driver import run_training
 
     result = run_training(
@@ -62,6 +79,8 @@ def _train(argv: list[str]) -> int:
 
 
 def _prepare(argv: list[str]) -> int:
+    if argv and argv[0] == "multinumber":
+        return _prepare_multinumber(argv[1:])
     from attn.data.svhn import DEFAULT_URL
 
     p = argparse.ArgumentParser(
@@ -69,10 +88,10 @@ def _prepare(argv: list[str]) -> int:
         description=(
             "Download a dataset, verify and extract it, and build its training cache. svhn: format 1 "
             "(train/, test/, extra/ with PNGs and digitStruct.mat); then train with data.task=svhn "
-            "data.data_dir=DIR."
+            "data.data_dir=DIR. multinumber: see `run.py prepare multinumber --help`."
         ),
     )
-    p.add_argument("dataset", choices=["svhn"], help="the dataset to prepare")
+    p.add_argument("dataset", choices=["svhn", "multinumber"], help="the dataset to prepare")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to fill (created if missing)")
     p.add_argument("--url", default=DEFAULT_URL, metavar="BASE_URL", help=f"where the archives are ({DEFAULT_URL})")
     p.add_argument("--no-extra", action="store_true", help="skip extra/ (1.3 GB; train with data.use_extra=false)")
@@ -91,6 +110,48 @@ def _prepare(argv: list[str]) -> int:
         + ", ".join(f"{k} {v} images" for k, v in counts.items())
         + f"; train with data.task=svhn data.data_dir={args.to}"
         + (" data.use_extra=false" if args.no_extra else "")
+    )
+    return 0
+
+
+def _prepare_multinumber(argv: list[str]) -> int:
+    from attn.data import multinumber as mn
+
+    p = argparse.ArgumentParser(
+        prog="run.py prepare multinumber",
+        description=(
+            "Make the SVHN multi-number dataset: pairs of 1-2 digit SVHN numbers on one canvas with an "
+            "inpainted background, labels in reading order; seeded, parallel and resumable (run the same "
+            "command again after an interruption). Then train with data.task=multinumber data.data_dir=OUT."
+        ),
+    )
+    p.add_argument("--svhn", required=True, metavar="DIR", help="SVHN format 1 root (train/, test/, optional extra/)")
+    p.add_argument("--to", required=True, metavar="OUT", help="output folder (created if missing)")
+    p.add_argument("--size", type=int, default=224, help="canvas side in pixels (224)")
+    p.add_argument("--box", type=int, default=64, help="side of each pasted number (64)")
+    p.add_argument("--count", type=int, default=500_000, help="images in all splits (500000)")
+    p.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                   help="shares of the three splits, summing to 1 (0.8 0.1 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="base of the per-image seeds (0)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (one per CPU)")
+    p.add_argument("--test-pool", choices=["test", "train"], default="test",
+                   help="draw test pairs from SVHN test/ only (default) or from the training pool")
+    p.add_argument("--inpaint-radius", type=int, default=mn.INPAINT_RADIUS, help="Telea radius in canvas pixels")
+    p.add_argument("--inpaint-scale", type=int, default=mn.INPAINT_SCALE,
+                   help="inpaint on the canvas shrunk by this factor (1 = full resolution, slow)")
+    args = p.parse_args(argv)
+    try:
+        counts = mn.generate_multinumber(
+            args.svhn, args.to, size=args.size, box=args.box, count=args.count, split=args.split, seed=args.seed,
+            workers=args.workers, test_pool=args.test_pool, inpaint_radius=args.inpaint_radius,
+            inpaint_scale=args.inpaint_scale,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue (finished images are kept)", file=sys.stderr)
+        return 130
+    print(
+        f"done: multinumber in {args.to}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
+        + f"; train with data.task=multinumber data.data_dir={args.to}"
     )
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,20 +23,49 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def _refuse_inapplicable(self, where: str, selector: str, applies: dict[str, tuple[str, ...]]) -> None:
+        """Raise when a key of ``applies`` is set (differs from its default) while ``self.<selector>`` is
+        not one of the values that key applies to. ``where``: the section's dotted name."""
+        chosen = getattr(self, selector)
+        for key, values in applies.items():
+            if chosen not in values and getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(
+                    f"{where}.{key} = {getattr(self, key)!r} does not apply to {where}.{selector} {chosen!r} (only to "
+                    f"{', '.join(map(repr, values))}); remove it or change {where}.{selector}"
+                )
+
 
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-SEQUENCE_TASKS = ("svhn",)
-_SVHN_ONLY = ("use_extra", "max_digits", "color", "image_size", "crop_size", "cache_dir")
+SEQUENCE_TASKS = ("svhn", "svhn_background", "multinumber")
+MULTINUMBER_TOKENS = 6
+"""Label slots of a multinumber image: up to 2 digits, separator, up to 2 digits, end."""
+_SVHN = ("svhn", "svhn_background")
+_TASK_KEYS = {
+    "val_fraction": ("mnist",) + _SVHN,
+    "split_seed": ("mnist",) + _SVHN,
+    "use_extra": _SVHN,
+    "max_digits": _SVHN,
+    "color": _SVHN + ("multinumber",),
+    "image_size": _SVHN,
+    "crop_size": ("svhn",),
+    "cache_dir": _SVHN + ("multinumber",),
+    "canvas_size": ("svhn_background",),
+    "eval_placement": ("svhn_background",),
+    "placement_seed": ("svhn_background",),
+}
+"""The data keys that apply only to some tasks (setting one for another task is an error)."""
 
 
 class DataConfig(Section):
-    task: Literal["mnist", "svhn"] = Field(
+    task: Literal["mnist", "svhn", "svhn_background", "multinumber"] = Field(
         "mnist",
         description=(
             "mnist: 28x28 digits, one label (RAM); svhn: SVHN format 1 house numbers, digit sequences "
-            "(DRAM), Goodfellow et al. crops."
+            "(DRAM), Goodfellow et al. crops; svhn_background: the same numbers placed at a random spot "
+            "of a canvas_size x canvas_size extended background (the model must search); multinumber: "
+            "two numbers per 224 x 224 image made by `python run.py prepare multinumber`."
         ),
     )
     data_dir: Optional[str] = Field(
@@ -44,7 +73,7 @@ class DataConfig(Section):
         description=(
             "Folder with the dataset files. mnist: None uses the copy embedded in the package. svhn: the "
             "folder holding train/, test/ (and extra/) of format 1; `python run.py prepare svhn --to DIR` "
-            "makes one."
+            "makes one. multinumber: the folder `python run.py prepare multinumber --to DIR` wrote."
         ),
     )
     val_fraction: float = Field(
@@ -84,8 +113,27 @@ class DataConfig(Section):
         54, ge=8, le=512, description="svhn: side of the crop fed to the model (random in training, centre in evaluation)."
     )
     cache_dir: Optional[str] = Field(
-        None, description="svhn: where the prepared arrays are kept. None: <data_dir>/attn-cache."
+        None,
+        description="svhn, multinumber: where the prepared arrays are kept. None: <data_dir>/attn-cache.",
     )
+    # svhn_background only
+    canvas_size: int = Field(
+        110,
+        ge=64,
+        le=1024,
+        description=(
+            "svhn_background: side N of the square canvas (110, 186 and 224 are the documented settings); "
+            "the number keeps the size it has in the 64 px crop."
+        ),
+    )
+    eval_placement: Literal["seeded", "center"] = Field(
+        "seeded",
+        description=(
+            "svhn_background: where validation/test numbers go: seeded = a random spot fixed per image "
+            "(placement_seed, image id), center = the middle. Training placement is always random."
+        ),
+    )
+    placement_seed: int = Field(0, ge=0, description="svhn_background: seed of the evaluation placement and noise.")
 
     @model_validator(mode="after")
     def _check_task_options(self) -> "DataConfig":
@@ -96,16 +144,16 @@ class DataConfig(Section):
                         f"data.{key} = {getattr(self, key)!r} is unused with data.normalize = 'per_image'; "
                         "remove it or set data.normalize=dataset"
                     )
-        if self.task != "svhn":
-            for key in _SVHN_ONLY:
-                if getattr(self, key) != type(self).model_fields[key].default:
-                    raise ValueError(
-                        f"data.{key} = {getattr(self, key)!r} applies only to data.task 'svhn'; remove it"
-                    )
-        elif self.crop_size > self.image_size:
+        self._refuse_inapplicable("data", "task", _TASK_KEYS)
+        if self.task == "svhn" and self.crop_size > self.image_size:
             raise ValueError(
                 f"data.crop_size = {self.crop_size} is larger than data.image_size = {self.image_size}; "
                 "the crop is taken from the resized image"
+            )
+        if self.task == "svhn_background" and self.canvas_size < self.image_size:
+            raise ValueError(
+                f"data.canvas_size = {self.canvas_size} is smaller than data.image_size = {self.image_size}; "
+                "the canvas must hold the number's crop"
             )
         return self
 
@@ -192,12 +240,7 @@ class CoreConfig(Section):
             "gate_bias": ("gtrxl",),
             "n_positions": ("gpt2",),
         }
-        for key, kinds in applies.items():
-            if self.kind not in kinds and getattr(self, key) != type(self).model_fields[key].default:
-                raise ValueError(
-                    f"model.core.{key} = {getattr(self, key)!r} does not apply to kind {self.kind!r} "
-                    f"(only to {', '.join(kinds)}); remove it or change model.core.kind"
-                )
+        self._refuse_inapplicable("model.core", "kind", applies)
         return self
 
     def check_against(
@@ -226,21 +269,74 @@ class CoreConfig(Section):
 
 
 class ContextConfig(Section):
-    """DRAM's context network: reads the whole (down-sampled) image once and sets the top layer's
-    initial state and the first location."""
+    """DRAM's context network: reads the whole image once and sets the top layer's initial state and
+    the first location (cnn, snapshot, resnet50), or gives the top Transformer stream image tokens to
+    cross-attend to (vit)."""
 
-    kind: Literal["cnn"] = Field(
+    kind: Literal["cnn", "snapshot", "resnet50", "vit"] = Field(
         "cnn",
         description=(
             "cnn: conv 5x5 (C -> 64, stride) -> max-pool 2 -> conv 3x3 (64 -> 64) -> max-pool 2 -> "
-            "conv 3x3 (64 -> 128) -> max-pool 2 -> Linear -> d, ReLU after each conv."
+            "conv 3x3 (64 -> 128) -> max-pool 2 -> Linear -> d, ReLU after each conv, on the image itself; "
+            "snapshot: the same network on a snapshot_size x snapshot_size down-sampled copy of the image "
+            "(area averaging), so its cost does not grow with the canvas; resnet50: torchvision's "
+            "ResNet-50 (frozen, always in eval mode) on the RGB image with ImageNet normalisation, then a "
+            "trainable Linear(2048 -> d); vit: a transformers ViT encoder (frozen) whose tokens, projected "
+            "to d, the top Transformer stream reads by cross-attention in every layer (Transformer cores only)."
         ),
     )
-    stride: int = Field(1, ge=1, le=8, description="Stride of the first convolution (2 down-samples large canvases).")
+    stride: Optional[int] = Field(
+        None,
+        ge=1,
+        le=8,
+        description=(
+            "cnn, snapshot: stride of the first convolution. None: chosen for the input side n: 1 for "
+            "n <= 64, 2 for n <= 192 (110, 186 canvases), 4 above."
+        ),
+    )
+    snapshot_size: int = Field(54, ge=8, le=1024, description="snapshot: side of the down-sampled copy.")
+    weights: Optional[str] = Field(
+        None,
+        description=(
+            "resnet50, vit: the frozen backbone's weights. None: random init (tests, smoke runs). "
+            "resnet50: 'imagenet' (torchvision's IMAGENET1K_V2, downloaded once into the torch hub cache) "
+            "or the path of a saved state_dict (.pth/.pt); vit: a folder written by transformers' "
+            "save_pretrained (config.json + weights)."
+        ),
+    )
+    vit_config: Optional[str] = Field(
+        None,
+        description=(
+            "vit without weights: a transformers ViTConfig as a config.json file (or a folder holding one). "
+            "None: ViT-B/16 at 224 px (ViTConfig's defaults)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_kind_options(self) -> "ContextConfig":
+        applies = {
+            "stride": ("cnn", "snapshot"),
+            "snapshot_size": ("snapshot",),
+            "weights": ("resnet50", "vit"),
+            "vit_config": ("vit",),
+        }
+        self._refuse_inapplicable("model.context", "kind", applies)
+        if self.kind == "vit" and self.weights is not None and self.vit_config is not None:
+            raise ValueError(
+                "model.context.vit_config and model.context.weights are both set; a weights folder carries "
+                "its own config.json: keep one"
+            )
+        return self
+
+    def stride_for(self, side: int) -> int:
+        """The first convolution's stride for an input of side ``side`` (cnn, snapshot)."""
+        if self.stride is not None:
+            return self.stride
+        return 1 if side <= 64 else 2 if side <= 192 else 4
 
 
 _RAM_ONLY = ("what_size", "where_size", "num_glimpses")
-_DRAM_ONLY = ("glimpses_per_digit", "explore_steps", "conv_channels", "fusion", "context")
+_DRAM_ONLY = ("glimpses_per_digit", "explore_steps", "conv_channels", "fusion", "context", "glimpse_color")
 
 
 class ModelConfig(Section):
@@ -275,6 +371,13 @@ class ModelConfig(Section):
         ),
     )
     context: ContextConfig = Field(default_factory=ContextConfig, description="dram: the context network.")
+    glimpse_color: Literal["gray", "rgb"] = Field(
+        "gray",
+        description=(
+            "dram: glimpses of the channel mean (gray) or of all three channels (rgb; needs data.color=rgb). "
+            "The context network always sees every channel."
+        ),
+    )
     policy_std: float = Field(
         0.05, gt=0.0, le=1.0, description="sigma of the Gaussian location policy, in [-1, 1] units."
     )
@@ -360,6 +463,107 @@ class EvalConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------------
+# sweeps
+# ---------------------------------------------------------------------------------------------
+Scalar = Union[bool, int, float, str, None]
+
+
+class SearchDim(Section):
+    """One searched key: exactly one of ``choice``, ``int``, ``uniform``, ``loguniform``.
+
+    choice: values to pick from (scalars). int: [low, high], both included (``step`` optional).
+    uniform / loguniform: [low, high] floats (loguniform: low > 0).
+    when: only search this key when other searched keys took one of the listed values, e.g.
+        ``{model.core.kind: [gpt2, trxl, gtrxl]}``; otherwise the key keeps its base value.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    choice: Optional[list[Scalar]] = Field(None, min_length=1)
+    int_range: Optional[tuple[int, int]] = Field(None, alias="int")
+    uniform: Optional[tuple[float, float]] = None
+    loguniform: Optional[tuple[float, float]] = None
+    step: Optional[int] = Field(None, ge=1, description="int only: the grid step from low.")
+    when: Optional[dict[str, list[Scalar]]] = None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("choice", "int_range", "uniform", "loguniform") if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchDim":
+        given = [k for k in ("choice", "int_range", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, int, uniform, loguniform")
+        low_high = getattr(self, given[0]) if given[0] != "choice" else None
+        if low_high is not None and low_high[0] > low_high[1]:
+            raise ValueError(f"low {low_high[0]} is above high {low_high[1]}")
+        if given[0] == "loguniform" and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs low > 0")
+        if self.step is not None and given[0] != "int_range":
+            raise ValueError("step applies to int ranges only")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """Values that, valid, make every value of the range valid: the choices, or both ends."""
+        if self.choice is not None:
+            return list(self.choice)
+        return list(getattr(self, self.kind))
+
+
+class AshaConfig(Section):
+    grace_period: int = Field(1, ge=1, description="Epochs every trial trains before it can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1.0, description="Keep the best 1/reduction_factor at each rung.")
+
+
+class SweepConfig(Section):
+    """A search over config keys: Ray Tune runs the trials (each a Ray Train run), Optuna proposes them."""
+
+    space: dict[str, SearchDim] = Field(..., min_length=1, description="Dotted config key -> search dimension.")
+    metric: str = Field(
+        "best_val_error",
+        description="A validation metric reported every epoch (val_* or best_val_error); never a test metric.",
+    )
+    mode: Literal["min", "max"] = "min"
+    num_trials: int = Field(20, ge=1, le=100_000)
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler.")
+    seed: int = Field(0, ge=0, description="Seed of the sampler.")
+    asha: Optional[AshaConfig] = Field(
+        default_factory=AshaConfig,
+        description="ASHA early stopping over epochs (max = train.epochs); null: every trial trains to the end.",
+    )
+    max_concurrent_trials: Optional[int] = Field(
+        None, ge=1, description="Cap on trials in parallel. None: as many as the cluster's CPUs and GPUs hold."
+    )
+    trial_driver_cpus: float = Field(
+        0.1, gt=0.0, le=8.0, description="CPUs reserved for each trial's driver (besides its Ray Train workers)."
+    )
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> "SweepConfig":
+        if not (self.metric.startswith("val_") or self.metric == "best_val_error"):
+            raise ValueError(
+                f"sweep.metric = {self.metric!r}: a sweep selects on validation metrics only (val_error, "
+                "val_accuracy, val_nll, best_val_error, ...), never on test metrics"
+            )
+        for key, dim in self.space.items():
+            for cond in (dim.when or {}):
+                other = self.space.get(cond)
+                if other is None or other.choice is None:
+                    raise ValueError(
+                        f"sweep.space.{key}.when names {cond!r}, which must itself be a searched choice key"
+                    )
+                if other.when:
+                    raise ValueError(f"sweep.space.{key}.when: {cond!r} is conditional itself; nest one level only")
+                unknown = [v for v in dim.when[cond] if v not in other.choice]
+                if unknown:
+                    raise ValueError(
+                        f"sweep.space.{key}.when: {cond!r} never takes {unknown} (its choices: {other.choice})"
+                    )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
 # infrastructure
 # ---------------------------------------------------------------------------------------------
 class RayConfig(Section):
@@ -394,6 +598,7 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: Optional[SweepConfig] = Field(None, description="A search over config keys; see README 'Sweeps'.")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "ExperimentConfig":
@@ -417,6 +622,7 @@ class ExperimentConfig(Section):
                 "use model.name=dram"
             )
         if m.name == "dram":
+            self._check_dram_inputs()
             # the top stream of a transformer DRAM reads the context plus one input per glimpse
             m.core.check_against(
                 m.hidden_size,
@@ -425,8 +631,30 @@ class ExperimentConfig(Section):
             )
         return self
 
+    def _check_dram_inputs(self) -> None:
+        m, d = self.model, self.data
+        ctx = m.context.kind
+        if ctx == "vit" and m.core.kind not in _TRANSFORMERS:
+            raise ValueError(
+                f"model.context.kind = 'vit' is read through cross-attention, which only the Transformer cores "
+                f"have; model.core.kind = {m.core.kind!r}: use {', '.join(_TRANSFORMERS)}, or context cnn, "
+                "snapshot or resnet50"
+            )
+        if ctx in ("resnet50", "vit") and d.normalize != "dataset":
+            raise ValueError(
+                f"model.context.kind = {ctx!r} re-normalises the input for its backbone from data.mean and "
+                "data.std; data.normalize = 'per_image' loses them: use data.normalize=dataset"
+            )
+        if m.glimpse_color == "rgb" and d.color != "rgb":
+            raise ValueError(
+                f"model.glimpse_color = 'rgb' needs colour images; data.color = {d.color!r}: set data.color=rgb"
+            )
+
     def max_tokens(self) -> int:
-        """Label slots L per image: 1 for classification, max_digits + 1 (digits, end token) for svhn."""
+        """Label slots L per image: 1 for classification, max_digits + 1 (digits, end token) for svhn,
+        6 for multinumber."""
+        if self.data.task == "multinumber":
+            return MULTINUMBER_TOKENS
         return self.data.max_digits + 1 if self.data.task in SEQUENCE_TASKS else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -450,17 +678,94 @@ def _describe_error(err: dict[str, Any]) -> str:
 
 def _allowed_keys(loc: tuple) -> list[str]:
     """The valid keys of the section that holds the key at ``loc``."""
+    import typing
+
     model: Any = ExperimentConfig
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is not None and typing.get_origin(field.annotation) is dict and parts:
+            parts.pop(0)  # the mapping's own key (e.g. a searched config key)
+            section = _section_type(typing.get_args(field.annotation)[1])
+        else:
+            section = _section_type(field.annotation) if field is not None else None
+        if section is None:
             return []
-        model = field.annotation
-    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+        model = section
+    return sorted(f.alias or name for name, f in model.model_fields.items()) if hasattr(model, "model_fields") else []
+
+
+def _section_type(annotation: Any) -> Any:
+    """The config section class of a field (also inside Optional[...]), else None."""
+    import typing
+
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def validate_config(raw: dict[str, Any], source: str) -> ExperimentConfig:
-    """Validate a nested dict against the schema; raise :class:`ConfigError` with one clear line."""
+    """Validate a nested dict against the schema; raise :class:`ConfigError` with one clear line.
+
+    A ``sweep`` section is checked further: every searched key must exist, and every choice (or both
+    ends of every range) must give a valid config.
+    """
+    cfg = _validate(raw, source)
+    if cfg.sweep is not None:
+        _check_space(raw, cfg.sweep, source)
+    return cfg
+
+
+def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """raw['a']['b']['c'] = value for dotted = 'a.b.c', creating sections on the way."""
+    node = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def _leaf_keys(model: Any = None, prefix: str = "") -> set[str]:
+    """Every dotted key of the schema that holds a value (not a section)."""
+    model = model or ExperimentConfig
+    out = set()
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= _leaf_keys(ann, f"{prefix}{name}.")
+        elif name != "sweep":
+            out.add(f"{prefix}{name}")
+    return out
+
+
+def _check_space(raw: dict[str, Any], sweep: "SweepConfig", source: str) -> None:
+    import copy
+
+    leaves = _leaf_keys()
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    for key, dim in sweep.space.items():
+        if key not in leaves:
+            near = sorted(k for k in leaves if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1])
+            hint = f"; did you mean {', '.join(near)}" if near else ""
+            raise ConfigError(f"{source}: sweep.space: '{key}' is not a config key{hint}")
+        for value in dim.candidates():
+            trial = copy.deepcopy(base)
+            for cond, allowed in (dim.when or {}).items():
+                set_key(trial, cond, allowed[0])
+            set_key(trial, key, value)
+            try:
+                _validate(trial, source)
+            except ConfigError as exc:
+                why = str(exc).removeprefix(f"{source}: ")
+                raise ConfigError(f"{source}: sweep.space.{key}: the value {value!r} makes an invalid config: {why}") from None
+
+
+def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -468,7 +773,7 @@ def validate_config(raw: dict[str, Any], source: str) -> ExperimentConfig:
         loc = tuple(str(p) for p in err.get("loc", ()))
         key = ".".join(loc) if loc else "(top level)"
         what = _describe_error(err)
-        if err.get("type") == "value_error" and re.match(r"(data|model|train|eval|ray|tracking)\.", what):
+        if err.get("type") == "value_error" and re.match(r"(data|model|train|eval|ray|tracking|sweep)\.", what):
             # cross-field checks name their keys themselves
             raise ConfigError(f"{source}: {what}") from None
         if err.get("type") == "extra_forbidden":

@@ -93,13 +93,14 @@ def start_run(
 
     client = _client(uri)
     m = cfg.model
+    glimpses = f"{m.num_glimpses} glimpses" if m.name == "ram" else f"{m.glimpses_per_digit} glimpses per digit"
     tags = {
         "task": cfg.data.task,
         "model": m.name,
         "core": m.core.kind,
-        "glimpses": str(m.num_glimpses),
+        "glimpses": str(m.num_glimpses if m.name == "ram" else m.glimpses_per_digit),
         "mlflow.note.content": (
-            f"{m.name.upper()} with a {m.core.kind} core, {m.num_glimpses} glimpses of "
+            f"{m.name.upper()} with a {m.core.kind} core, {glimpses} of "
             f"{m.retina.patch_size}px x {m.retina.num_scales} scale(s), on {cfg.data.task}"
         ),
     }

@@ -40,5 +40,16 @@ def test_bench_dram_prints_table_then_json():
     proc = subprocess.run([sys.executable, "-m", "attn.bench", "dram", *tiny], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last["name"] == "dram" and last["image"] == 54 and last["glimpses_per_digit"] == 3
+    assert last["name"] == "dram" and last["image"] == "1x54" and last["glimpses_per_digit"] == 3
+    assert last["context"] == "cnn" and last["device"] == "cpu"
     assert last["glimpses"] == 12 and last["images_per_s"] > 0 and last["peak_mem_mb"] > 0
+
+
+def test_bench_background_prints_table_then_json():
+    args = ["--batch", "8", "--repeats", "1", "--steps", "1", "--canvas", "64", "110"]
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "background", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()[-4:]]
+    assert [(r["canvas"], r["mode"]) for r in rows] == [(64, "train"), (64, "eval"), (110, "train"), (110, "eval")]
+    assert all(r["name"] == "background" and r["images_per_s"] > 0 for r in rows)

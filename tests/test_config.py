@@ -41,7 +41,7 @@ def test_overrides_are_typed():
         ("train.lr=-1", "greater than 0"),
         ("model.num_glimpses=0", "key 'model.num_glimpses' = 0"),
         ("model.core.kind=gru", "allowed values are 'rnn', 'lstm', 'gpt2', 'trxl' or 'gtrxl'"),
-        ("model.core.num_heads=3", "model.core.num_heads = 3 does not apply to kind 'rnn'"),
+        ("model.core.num_heads=3", "model.core.num_heads = 3 does not apply to model.core.kind 'rnn'"),
         ("train.batch_size=1.5", "key 'train.batch_size'"),
         ("train.lr", "expected key=value"),
     ],

@@ -153,7 +153,7 @@ def test_relative_attention_and_memory_window_match_a_slow_reference(kind, optio
     N = options.get("memory_length")
     y = core.proj(x)
     for layer in core.layers:
-        y = layer.block(y, lambda h, layer=layer: ref_relative_attention(layer.attn, h, N))
+        y = layer.block(y, lambda h, layer=layer: ref_relative_attention(layer.attn, h, N), None)
     ref = core.final_norm(y)
     close(core.forward_sequence(x), ref)
     stepped, states = run_steps(core, x, keep_states=True)
@@ -281,3 +281,80 @@ def test_config_errors_name_the_key():
     # a full round trip (as checkpoints store it) stays valid
     cfg = CoreConfig(kind="gtrxl", num_layers=2, memory_length=0, gate_bias=1.0)
     assert CoreConfig.model_validate(cfg.model_dump()) == cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-attention to a fixed memory (DRAM's ViT tokens)
+# ---------------------------------------------------------------------------------------------
+M_LEN = 4
+
+
+def memory(seed: int = 5) -> torch.Tensor:
+    return torch.randn(B, M_LEN, D, dtype=F64, generator=torch.Generator().manual_seed(seed))
+
+
+def ref_cross_attention(cross, h: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+    """Slow reference: per head, softmax_j(q . k_j / sqrt(dh)) v_j over the memory slots j."""
+    H, dh = cross.num_heads, cross.head_dim
+    Wq = cross.q.weight.view(H, dh, -1)
+    Wk, Wv = cross.kv.weight.view(2, H, dh, -1)
+    out = torch.zeros(*h.shape[:-1], H, dh, dtype=h.dtype)
+    for n in range(H):
+        q = h @ Wq[n].T  # (B, T, dh)
+        k, v = mem @ Wk[n].T, mem @ Wv[n].T  # (B, M, dh)
+        for b in range(h.shape[0]):
+            for i in range(h.shape[1]):
+                p = torch.softmax(torch.stack([q[b, i] @ k[b, j] for j in range(mem.shape[1])]) / dh**0.5, 0)
+                out[b, i, n] = (p[:, None] * v[b]).sum(0)
+    return cross.out(out.flatten(-2))
+
+
+def make_cross_core(kind: str, **options) -> SequenceCore:
+    torch.manual_seed(0)
+    cfg = CoreConfig(kind=kind, num_layers=LAYERS, num_heads=HEADS, **options)
+    return build_core(cfg, IN, D, max_steps=T, cross_attention=True).to(F64)
+
+
+def test_cross_attention_matches_a_slow_reference():
+    core = make_cross_core("gtrxl")
+    cross = core.layers[0].cross
+    h, mem = inputs(input_size=D), memory()
+    close(cross(h, cross.memory_kv(mem)), ref_cross_attention(cross, h, mem))
+    close(cross(h[:, 0], cross.memory_kv(mem)), ref_cross_attention(cross, h[:, :1], mem)[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "trxl", "gtrxl"])
+def test_cross_attention_cores_step_like_one_pass_and_read_the_memory(kind):
+    core = make_cross_core(kind)
+    x, mem = inputs(), memory()
+    full = core.forward_sequence(x, memory=mem)
+    state = core.init_state(B, x.device, x.dtype, memory=mem)
+    outs = []
+    for t in range(T):
+        h, state = core.step(x[:, t], state)
+        outs.append(h)
+    close(torch.stack(outs, 1), full)
+    # every position depends on the memory, and on every slot of it
+    other = mem.clone()
+    other[:, -1] += 1.0
+    changed = (core.forward_sequence(x, memory=other) - full).abs().amax(dim=(0, 2))
+    assert (changed > 1e-6).all()
+    # gradients reach the memory (the ViT projection trains through it) and the cross-attention weights
+    mem_g = mem.clone().requires_grad_(True)
+    core.forward_sequence(x, memory=mem_g).sum().backward()
+    assert mem_g.grad.abs().sum() > 0
+    cross = [p for n, p in core.named_parameters() if "cross" in n or "crossattention" in n]
+    assert cross and all(p.grad is not None and p.grad.abs().sum() > 0 for p in cross)
+    # the no-cache path gives the same outputs
+    core.use_cache = False
+    state = core.init_state(B, x.device, x.dtype, memory=mem)
+    h, state = core.step(x[:, 0], state)
+    close(h, full[:, 0])
+
+
+def test_a_core_without_cross_attention_refuses_a_memory_and_recurrent_cores_have_none():
+    core = make_core("trxl")
+    with pytest.raises(ValueError, match="cross_attention"):
+        core.init_state(B, torch.device("cpu"), F64, memory=memory())
+    with pytest.raises(ConfigError, match="no cross-attention"):
+        build_core(CoreConfig(kind="lstm"), IN, D, cross_attention=True)

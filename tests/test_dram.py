@@ -81,8 +81,7 @@ def test_rollout_rerun_by_hand(core, explore):
     assert ep.step_slot.tolist() == [s // (explore + n) for s in range(G)]
 
     padded = model.retina.pad(x)
-    h2, s2 = model._open_upper(model.context(x))
-    s1 = model.lower.init_state(3, x.device, x.dtype)
+    h2, s2, s1 = model._context_step(x)
     slots = []
     for s in range(G):
         loc = ep.locations[:, s]
@@ -98,13 +97,15 @@ def test_rollout_rerun_by_hand(core, explore):
 def test_lstm_context_sets_the_top_state_and_transformer_reads_it():
     torch.manual_seed(0)
     lstm = dram("model.core.kind=lstm")
-    ctx = torch.randn(2, 16)
-    h2, (h, c) = lstm._open_upper(ctx)
+    x = torch.randn(2, 1, 30, 30)
+    ctx = lstm.context(x)
+    h2, (h, c), _ = lstm._context_step(x)
     assert torch.equal(h2, ctx) and torch.equal(h, ctx) and not c.any()
     tr = dram("model.core.kind=gpt2")
     assert isinstance(tr.upper, SequenceCore)
-    h2, state = tr._open_upper(ctx)
-    assert state.t == 1 and h2.shape == (2, 16)
+    h2, state, lower = tr._context_step(x)
+    assert state.t == 1 and lower.t == 0 and h2.shape == (2, 16)
+    torch.testing.assert_close(h2, tr.upper.forward_sequence(tr.context(x)[:, None])[:, 0])
 
 
 @pytest.mark.parametrize("core", ["gpt2", "trxl", "gtrxl"])
@@ -195,3 +196,159 @@ def test_score_batch_and_mc_evaluation_with_explore():
     assert out["count"] == n and 0.0 <= out["accuracy"] <= 1.0 and {"token_accuracy", "digit_accuracy", "reward"} <= set(out)
     again = evaluate(model, loader, data, device=torch.device("cpu"), policy="sample", mc_samples=3, seed=1)
     assert again == out  # seeded: evaluation is deterministic
+
+
+def test_snapshot_context_is_the_cnn_on_an_area_downsampled_copy():
+    torch.manual_seed(0)
+    model = dram("model.context.kind=snapshot", "model.context.snapshot_size=24")
+    x = torch.randn(2, 1, 30, 30)
+    # float64 reference: area averaging of a 30 -> 24 resize is a fixed linear map; check it against a
+    # slow per-output-pixel loop over the exact bins of adaptive average pooling.
+    small = torch.nn.functional.interpolate(x.double(), size=(24, 24), mode="area")
+    ref = torch.zeros_like(small)
+    for i in range(24):
+        for j in range(24):
+            r0, r1 = (i * 30) // 24, -((-(i + 1) * 30) // 24)
+            c0, c1 = (j * 30) // 24, -((-(j + 1) * 30) // 24)
+            ref[:, :, i, j] = x.double()[:, :, r0:r1, c0:c1].mean(dim=(-1, -2))
+    torch.testing.assert_close(small, ref)
+    torch.testing.assert_close(model.context(x), model.context.cnn(small.float()), rtol=1e-5, atol=1e-5)
+    assert model(x, policy="mean", num_slots=2).log_probs.shape == (2, 2, 11)
+    with pytest.raises(Exception, match="snapshot_size"):
+        dram("model.context.snapshot_size=24")
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone contexts: resnet50 and vit (random init; weights from local files)
+# ---------------------------------------------------------------------------------------------
+TINY_VIT = {
+    "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 48,
+    "image_size": 32, "patch_size": 16, "num_channels": 3,
+}
+
+
+def tiny_vit_config(tmp_path) -> str:
+    import json
+
+    path = tmp_path / "vit.json"
+    path.write_text(json.dumps(TINY_VIT))
+    return str(path)
+
+
+def _backbone_unchanged_by_a_training_step(model, x):
+    """One SGD step in train mode: the frozen backbone keeps its weights and batch-norm statistics,
+    stays in eval mode, and gets no gradient; the projection learns."""
+    before = {k: v.clone() for k, v in model.context.backbone.state_dict().items()}
+    model.train()
+    assert not model.context.backbone.training
+    ep = model(x, num_slots=2)
+    (ep.log_probs.sum() + (ep.log_pi * ep.baselines.detach()).sum()).backward()
+    assert all(p.grad is None for p in model.context.backbone.parameters())
+    assert model.context.proj.weight.grad is not None and model.context.proj.weight.grad.abs().sum() > 0
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    after = model.context.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resnet50_context_is_frozen_in_eval_mode_and_reads_imagenet_normalised_rgb(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    spec = DataSpec(1, 40, 40, 11, SPEC.class_names, max_tokens=4, end_token=0)
+    model = dram("model.context.kind=resnet50", spec=spec)
+    model.context.data_mean, model.context.data_std = 0.5, 0.25
+    x = torch.randn(2, 1, 40, 40)
+    # the backbone sees the pixels (x * 0.25 + 0.5) repeated to RGB, in ImageNet normalisation
+    pix = (x * 0.25 + 0.5).expand(-1, 3, -1, -1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    model.eval()
+    with torch.no_grad():
+        ref = model.context.proj(model.context.backbone((pix - mean) / std))
+    torch.testing.assert_close(model.context(x), ref)
+    _backbone_unchanged_by_a_training_step(model, x)
+
+    # weights: a state_dict file, and 'imagenet' through torchvision's hub cache (no network needed when cached)
+    from torchvision.models import resnet50
+
+    ref_net = resnet50(weights=None)
+    file = tmp_path / "r50.pth"
+    torch.save(ref_net.state_dict(), file)
+    loaded = dram("model.context.kind=resnet50", f"model.context.weights={file}", spec=spec)
+    assert torch.equal(loaded.context.backbone.conv1.weight, ref_net.conv1.weight)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "torch/hub/checkpoints").mkdir(parents=True)
+    torch.save(ref_net.state_dict(), tmp_path / "torch/hub/checkpoints/resnet50-11ad3fa6.pth")
+    hub = dram("model.context.kind=resnet50", "model.context.weights=imagenet", spec=spec)
+    assert torch.equal(hub.context.backbone.layer4[2].conv3.weight, ref_net.layer4[2].conv3.weight)
+    file.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="r50.pth: model.context.weights is not a readable state_dict"):
+        dram("model.context.kind=resnet50", f"model.context.weights={file}", spec=spec)
+
+
+@pytest.mark.parametrize("core", ["gpt2", "trxl", "gtrxl"])
+def test_vit_context_is_read_by_cross_attention_from_a_learned_query(tmp_path, core):
+    torch.manual_seed(0)
+    spec = DataSpec(3, 30, 30, 11, SPEC.class_names, max_tokens=4, end_token=0)
+    model = dram(f"model.core.kind={core}", "model.core.num_heads=2", "model.context.kind=vit",
+                 f"model.context.vit_config={tiny_vit_config(tmp_path)}", "data.color=rgb", spec=spec)
+    assert model.context.backbone.config.hidden_size == 24 and model.context.num_tokens == 5
+    x = torch.randn(2, 3, 30, 30)
+    model.eval()
+    tokens = model.context(x)
+    assert tokens.shape == (2, 5, 16)
+    # the context step: q opens r1, its output opens r2, which reads the tokens
+    h2, upper, lower = model._context_step(x)
+    h1 = model.lower.forward_sequence(model.query.expand(2, 1, -1))[:, 0]
+    torch.testing.assert_close(h2, model.upper.forward_sequence(h1[:, None], memory=tokens)[:, 0])
+    assert upper.t == 1 and lower.t == 1
+    # the first location depends on the image only through the ViT tokens
+    torch.manual_seed(1)
+    ep = model(x, policy="mean", num_slots=2)
+    assert ep.log_probs.shape == (2, 2, 11)
+    model.train()
+    _backbone_unchanged_by_a_training_step(model, x)
+    assert model.query.grad is not None and model.query.grad.abs().sum() > 0
+
+    # a save_pretrained folder loads as the weights
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(**TINY_VIT), add_pooling_layer=False)
+    vit.save_pretrained(tmp_path / "vit")
+    loaded = dram(f"model.core.kind={core}", "model.core.num_heads=2", "model.context.kind=vit",
+                  f"model.context.weights={tmp_path / 'vit'}", "data.color=rgb", spec=spec)
+    assert torch.equal(loaded.context.backbone.embeddings.patch_embeddings.projection.weight,
+                       vit.embeddings.patch_embeddings.projection.weight)
+
+
+def test_invalid_context_combinations_are_refused_in_one_sentence():
+    with pytest.raises(Exception, match="model.context.kind = 'vit' is read through cross-attention"):
+        dram("model.core.kind=lstm", "model.context.kind=vit")
+    with pytest.raises(Exception, match="data.normalize = 'per_image'"):
+        dram("model.context.kind=resnet50", "data.normalize=per_image")
+    with pytest.raises(Exception, match="model.glimpse_color = 'rgb' needs colour images"):
+        dram("model.glimpse_color=rgb")
+    with pytest.raises(Exception, match="model.context.weights = 'x' does not apply to model.context.kind 'cnn'"):
+        dram("model.context.weights=x")
+
+
+def test_rgb_glimpses_read_all_three_channels():
+    spec = DataSpec(3, 30, 30, 11, SPEC.class_names, max_tokens=4, end_token=0)
+    torch.manual_seed(0)
+    gray = dram("data.color=rgb", spec=spec)
+    rgb = dram("data.color=rgb", "model.glimpse_color=rgb", spec=spec)
+    assert rgb.glimpse.convs[0].in_channels == 3 * gray.glimpse.convs[0].in_channels
+    x = torch.randn(2, 3, 30, 30)
+    x2 = x.clone()
+    x2[:, 0] += 1.0
+    x2[:, 1] -= 1.0  # the same channel mean: gray glimpses cannot tell x from x2
+    for model, differs in ((gray, False), (rgb, True)):
+        model.context = _Fixed(model.context(x))  # the context sees colour either way: hold it fixed
+        a, b = (model(v, policy="mean", num_slots=2).log_probs for v in (x, x2))
+        assert (not torch.allclose(a, b)) == differs
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value.detach()
+
+    def forward(self, images):
+        return self.value

@@ -6,6 +6,7 @@ directory, and reads the results back through the MLflow client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,9 +166,9 @@ def test_more_workers_than_cpus_is_refused_before_any_run(tmp_path):
         assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A real Ray head started with `ray start` (as on a cluster), stopped after the test."""
+@contextlib.contextmanager
+def running_ray_head(num_cpus: int = 2):
+    """A real Ray head started with `ray start` (as on a cluster), stopped on exit; yields its address."""
     import socket
 
     from conftest import kill_marked
@@ -177,18 +178,24 @@ def ray_head(tmp_path):
         port = s.getsockname()[1]
     ray_bin = Path(sys.executable).parent / "ray"
     temp = Path("/tmp") / f"ray-head-{port}"
-    start = subprocess.run(
-        [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert start.returncode == 0, start.stderr[-3000:]
     try:
+        start = subprocess.run(
+            [str(ray_bin), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert start.returncode == 0, start.stderr[-3000:]
         yield f"127.0.0.1:{port}"
     finally:
         kill_marked(signal.SIGTERM)
         time.sleep(2)
         kill_marked()
+
+
+@pytest.fixture
+def ray_head():
+    with running_ray_head() as address:
+        yield address
 
 
 def test_connects_to_a_running_cluster(tmp_path, ray_head):

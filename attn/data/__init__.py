@@ -9,10 +9,14 @@ from attn.data.base import IGNORE_INDEX, BatchLoader, DataSpec, Split, TaskData
 def check_data(cfg: DataConfig) -> None:
     """Fail now, in one line, on missing or corrupt data; prepare what must exist before training
     (the SVHN caches). Cheaper than :func:`build_data` where a dataset is large."""
-    if cfg.task == "svhn":
+    if cfg.task in ("svhn", "svhn_background"):
         from attn.data.svhn import check_svhn
 
         check_svhn(cfg)
+    elif cfg.task == "multinumber":
+        from attn.data.multinumber import check_multinumber
+
+        check_multinumber(cfg)
     else:
         build_data(cfg)
 
@@ -25,10 +29,14 @@ def build_data(cfg: DataConfig) -> TaskData:
         data = load_mnist(
             cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std
         )
-    elif cfg.task == "svhn":
+    elif cfg.task in ("svhn", "svhn_background"):
         from attn.data.svhn import load_svhn
 
         data = load_svhn(cfg)
+    elif cfg.task == "multinumber":
+        from attn.data.multinumber import load_multinumber
+
+        data = load_multinumber(cfg)
     else:  # pragma: no cover - the schema admits only the tasks above
         raise ValueError(f"unknown task {cfg.task!r}")
     data.per_image = cfg.normalize == "per_image"

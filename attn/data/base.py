@@ -8,7 +8,7 @@ collation, no loader processes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -43,11 +43,14 @@ class DataSpec:
 @dataclass
 class Split:
     """One split: ``images`` uint8 (N, C, H, W); ``labels`` int64 (N,) or (N, L) token sequences padded
-    with IGNORE_INDEX; ``ids`` int64 (N,) source ids (the index of the image in its source)."""
+    with IGNORE_INDEX; ``ids`` int64 (N,) source ids (the index of the image in its source);
+    ``boxes`` float32 (N, 4) where known: the tight box (x0, y0, x1, y1) of the image's number(s) in
+    stored-image pixels."""
 
     images: torch.Tensor
     labels: torch.Tensor
     ids: torch.Tensor
+    boxes: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -55,7 +58,7 @@ class Split:
     def head(self, n: int | None) -> "Split":
         if n is None or n >= len(self):
             return self
-        return Split(self.images[:n], self.labels[:n], self.ids[:n])
+        return Split(self.images[:n], self.labels[:n], self.ids[:n], None if self.boxes is None else self.boxes[:n])
 
 
 @dataclass
@@ -65,6 +68,8 @@ class TaskData:
     per_image: normalise each image by its own mean and std instead of ``mean`` and ``std``.
     crop: None feeds the stored images whole; an int c takes c x c crops of them (uniformly random
         per image in training, the centre in evaluation: Goodfellow et al.'s 64 -> 54 protocol).
+    canvas: an :class:`attn.data.background.Canvas` puts each stored image on an extended background
+        (random spot in training, fixed per image id in evaluation); None: no canvas.
     notes: lines worth reporting about the data (e.g. how many over-long numbers were skipped).
     """
 
@@ -75,6 +80,7 @@ class TaskData:
     mean: float
     std: float
     crop: Optional[int] = None
+    canvas: Optional[Any] = None
     notes: list[str] = field(default_factory=list)
     per_image: bool = False
 
@@ -88,8 +94,18 @@ class TaskData:
             return (x - mu) / sd.clamp_min(1e-3)
         return (x - self.mean) * (1.0 / self.std)
 
-    def model_input(self, images_uint8: torch.Tensor, *, train: bool, generator: Optional[torch.Generator] = None):
-        """Stored uint8 batch (B, C, H, W) -> normalised float model input (B, C, h, w)."""
+    def model_input(
+        self,
+        images_uint8: torch.Tensor,
+        *,
+        train: bool,
+        ids: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
+        """Stored uint8 batch (B, C, H, W) -> normalised float model input (B, C, h, w). ``ids`` (B,):
+        the images' ids, which seed evaluation canvases."""
+        if self.canvas is not None:
+            images_uint8 = self.canvas.place(images_uint8, train=train, ids=ids, generator=generator)[0]
         if self.crop is not None:
             images_uint8 = random_crop(images_uint8, self.crop, generator) if train else center_crop(images_uint8, self.crop)
         return self.normalize(images_uint8)

@@ -944,6 +944,9 @@ class _Folder:
     status: np.ndarray
     offsets: np.ndarray
     digit_labels: np.ndarray
+    number_boxes: np.ndarray
+    """(N, 4) float32 tight union box of each record's digits (x0, y0, x1, y1) in the pixels of its
+    stored S x S crop (zeros for bad records)."""
 
     @property
     def n(self) -> int:
@@ -952,7 +955,34 @@ class _Folder:
 
 def _read_index(path: Path, folder: str) -> _Folder:
     with h5py.File(path, "r") as f:
-        return _Folder(path, folder, f["status"][()], f["offsets"][()], f["boxes"][:, 1])
+        status, offsets, boxes = f["status"][()], f["offsets"][()], f["boxes"][()]
+        crop, size = f["crop_box"][()].astype(np.float64), int(f.attrs["image_size"])
+    return _Folder(path, folder, status, offsets, boxes[:, 1], _number_boxes(boxes, offsets, crop, status, size))
+
+
+def _number_boxes(boxes: np.ndarray, offsets: np.ndarray, crop: np.ndarray, status: np.ndarray, size: int) -> np.ndarray:
+    """Tight union boxes of the digits, mapped from source pixels into the stored size x size crop:
+    (x - crop_x0) * size / crop_width (likewise y). Bad records (status != 0) get zeros."""
+    out = np.zeros((len(status), 4), dtype=np.float32)
+    ok = (status == 0) & (np.diff(offsets) > 0)
+    if not ok.any():
+        return out
+    starts = offsets[:-1][ok]
+    left, top = boxes[:, 2], boxes[:, 3]
+    right, bottom = left + boxes[:, 4], top + boxes[:, 0]
+    # reduceat over each record's digit rows; ok records have at least one row, so the segments are non-empty
+    x0, y0 = np.minimum.reduceat(left, starts), np.minimum.reduceat(top, starts)
+    x1, y1 = np.maximum.reduceat(right, starts), np.maximum.reduceat(bottom, starts)
+    ends = offsets[1:][ok]
+    # reduceat runs to the next start, which includes rows of skipped records in between: recompute those
+    gap = np.flatnonzero(ends != np.append(starts[1:], len(boxes)))
+    for i in gap:
+        a, b = starts[i], ends[i]
+        x0[i], y0[i], x1[i], y1[i] = left[a:b].min(), top[a:b].min(), right[a:b].max(), bottom[a:b].max()
+    c = crop[ok]
+    sx, sy = size / (c[:, 2] - c[:, 0]), size / (c[:, 3] - c[:, 1])
+    out[ok] = np.stack([(x0 - c[:, 0]) * sx, (y0 - c[:, 1]) * sy, (x1 - c[:, 0]) * sx, (y1 - c[:, 1]) * sy], axis=1)
+    return out
 
 
 def _fill(dst: np.ndarray, dst_at: int, path: Path, rows: np.ndarray, block: int = 8192) -> int:
@@ -1066,21 +1096,30 @@ def load_svhn(cfg) -> TaskData:
     def make(parts: list[tuple[_Folder, np.ndarray]]) -> Split:
         n = sum(len(r) for _, r in parts)
         images = np.empty((n, C, S, S), dtype=np.uint8)
-        labels, ids, at = [], [], 0
+        labels, ids, boxes, at = [], [], [], 0
         for fo, r in parts:
             at = _fill(images, at, fo.path, r)
             labels.append(_label_matrix(fo.offsets, fo.digit_labels, r, md))
             ids.append(r.astype(np.int64) + ID_OFFSET[fo.folder])
+            boxes.append(fo.number_boxes[r])
         return Split(
             images=torch.from_numpy(images),
             labels=torch.from_numpy(np.concatenate(labels) if labels else np.zeros((0, md + 1), np.int64)),
             ids=torch.from_numpy(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
+            boxes=torch.from_numpy(np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)),
         )
 
+    canvas = None
+    side = cfg.crop_size
+    if cfg.task == "svhn_background":
+        from attn.data.background import Canvas
+
+        canvas = Canvas(cfg.canvas_size, cfg.eval_placement, cfg.placement_seed)
+        side = cfg.canvas_size
     spec = DataSpec(
         channels=C,
-        height=cfg.crop_size,
-        width=cfg.crop_size,
+        height=side,
+        width=side,
         num_classes=len(CLASS_NAMES),
         class_names=CLASS_NAMES,
         max_tokens=md + 1,
@@ -1093,7 +1132,8 @@ def load_svhn(cfg) -> TaskData:
         test=make(rows["test"]),
         mean=cfg.mean,
         std=cfg.std,
-        crop=cfg.crop_size,
+        crop=None if canvas is not None else cfg.crop_size,
+        canvas=canvas,
         notes=notes,
     )
 

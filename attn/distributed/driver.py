@@ -124,6 +124,11 @@ def _absolute_data_paths(cfg: ExperimentConfig) -> None:
         value = getattr(cfg.data, key)
         if value is not None and not Path(value).expanduser().is_absolute():
             setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
+    ctx = cfg.model.context
+    for key in ("weights", "vit_config"):
+        value = getattr(ctx, key)
+        if value is not None and value != "imagenet" and not Path(value).expanduser().is_absolute():
+            setattr(ctx, key, str(Path(value).expanduser().resolve()))
 
 
 def _check_data_here(cfg: ExperimentConfig) -> None:
@@ -131,6 +136,10 @@ def _check_data_here(cfg: ExperimentConfig) -> None:
     worker. On a cluster the workers read their own copies, so the check is left to them."""
     if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
         check_data(cfg.data)
+        if cfg.model.name == "dram":
+            from attn.models.context import check_context_files
+
+            check_context_files(cfg.model.context)
 
 
 def run_training(
@@ -147,6 +156,8 @@ def run_training(
     if resume:
         run_dir = find_run(cfg, resume_name)
         saved = json.loads((run_dir / RUN_FILE).read_text())
+        if saved.get("kind") == "sweep":
+            raise ConfigError(f"--resume {run_dir.name}: that is a sweep; resume it with the experiment file holding its sweep section")
         # The run keeps its saved config; overrides given with --resume (e.g. more epochs) apply on top.
         cfg = validate_config(apply_overrides(saved["config"], list(overrides or [])), f"{run_dir / RUN_FILE}")
         run_name, uri = saved["run_name"], saved["tracking_uri"]
@@ -211,8 +222,9 @@ def _open_run(cfg: ExperimentConfig, uri: str, run_name: str, run_dir: Path, con
     return run_id
 
 
-def _fit(cfg: ExperimentConfig, run_name: str, run_dir: Path, uri: str, run_id: str):
-    """Build the TorchTrainer for this run and fit it; a failure becomes one AttnError line."""
+def make_trainer(cfg: ExperimentConfig, name: str, storage_path: Path, uri: str, run_id: str, callbacks=()):
+    """The ``TorchTrainer`` of one run: ``cfg.ray.num_workers`` workers running the per-worker loop,
+    logging to MLflow run ``run_id``; its Ray Train run ``name`` lives under ``storage_path``."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -222,20 +234,26 @@ def _fit(cfg: ExperimentConfig, run_name: str, run_dir: Path, uri: str, run_id: 
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker > 0:
         resources["GPU"] = r.gpus_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}},
         scaling_config=ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=str(run_dir.parent),
+            name=name,
+            storage_path=str(storage_path),
+            callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=r.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def _fit(cfg: ExperimentConfig, run_name: str, run_dir: Path, uri: str, run_id: str):
+    """Build the TorchTrainer for this run and fit it; a failure becomes one AttnError line."""
+    trainer = make_trainer(cfg, run_name, run_dir.parent, uri, run_id)
     try:
         return trainer.fit()
     except Exception as exc:

@@ -60,8 +60,8 @@ def train_epoch(
     sums = torch.zeros(len(_TRAIN_SUMS) + 1, dtype=torch.float64, device=device)  # + image count
     start = time.perf_counter()
     n_batches = len(loader)
-    for i, (images, labels, _ids) in enumerate(loader):
-        x = data.model_input(images.to(device, non_blocking=True), train=True)
+    for i, (images, labels, ids) in enumerate(loader):
+        x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
         y = labels.to(device, non_blocking=True)
         terms = episode_loss(model(x, **label_slots(y)), y, rl_coef, end_token)
         optimizer.zero_grad(set_to_none=True)
@@ -167,8 +167,8 @@ def evaluate(
     end_token = data.spec.end_token
     generator = torch.Generator(device=device).manual_seed(seed + 7919 * loader.rank)
     sums = torch.zeros(len(_EVAL_SUMS), dtype=torch.float64, device=device)
-    for images, labels, _ids in loader:
-        x = data.model_input(images.to(device), train=False)
+    for images, labels, ids in loader:
+        x = data.model_input(images.to(device), train=False, ids=ids)
         y = labels.to(device)
         m = mc_samples if policy == "sample" else 1
         xm = x.repeat(m, *([1] * (x.ndim - 1))) if m > 1 else x

@@ -88,7 +88,7 @@ def fit(
     is_chief = info.rank == 0
     data = build_data(cfg.data)
     torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
-    model = build_model(cfg.model, data.spec).to(info.device)
+    model = build_model(cfg.model, data.spec, (data.mean, data.std)).to(info.device)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
     config_yaml = dump_config(cfg)
@@ -148,6 +148,7 @@ def fit(
             reporter.report(metrics, ckpt_dir)
 
     epoch = start_epoch - 1
+    last_metrics: dict[str, float] = {}
     epoch_times: list[float] = []
     if not early_stopped:
         for epoch in range(start_epoch, tc.epochs):
@@ -173,6 +174,7 @@ def fit(
                 images_per_s=tm["images_per_s"],
                 epoch_time_s=epoch_times[-1],
             )
+            last_metrics = metrics
             stop = epoch - best_epoch > tc.patience
             if is_chief:
                 tracker.log_metrics(metrics, step=epoch)
@@ -218,7 +220,6 @@ def fit(
             f"test {what} (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
             f"1 sample {t_one['error']:.2f}% | {m} samples averaged {t_mc['error']:.2f}%"
         )
-    save(final["epoch"], final)
     if is_chief:
         with tempfile.TemporaryDirectory(prefix="attn-best-") as tmp:
             path = Path(tmp) / BEST_FILE
@@ -227,4 +228,7 @@ def fit(
             tracker.log_artifact(str(path), "checkpoint")
             tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
     sys.stdout.flush()
+    # The final report comes last (a sweep may stop the trial as soon as it arrives) and repeats the
+    # last epoch's curves, so that every per-epoch metric is also in the final result.
+    save(final["epoch"], {**last_metrics, **final})
     return final

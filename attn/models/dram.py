@@ -13,6 +13,12 @@ images x (B, C, H, W), glimpse by glimpse, with two stacked cores:
                    after the slot's last glimpse: log p(y_j | x) = log_softmax(Linear(h1_t))
                    l_{t+1} ~ N(mu(h2_t), sigma^2 I), b_t = Linear(h2_t.detach())   (not after the very last glimpse)
 
+With the ``vit`` context there is no ctx vector: a learned query q is r1's first input and its
+output h1_0 opens r2, whose every layer cross-attends to the ViT tokens (B, M, d) for the whole
+episode (h2_0 = r2(h1_0 | tokens)); everything after is as above.
+
+Glimpses read the channel mean of x (``glimpse_color`` gray) or all channels (rgb).
+
 A Transformer DRAM uses the same two streams (Ba et al.'s layers become two causal Transformers,
 each stepping with its key/value cache): r1 reads (g_1 .. g_t), r2 reads (ctx, h1_1 .. h1_t).
 There are G = L (E + N) glimpses; step s = 0 .. G-1 emits the location of glimpse s (step 0 from the
@@ -65,7 +71,8 @@ class SequenceEpisode:
 
 
 class DRAM(nn.Module):
-    def __init__(self, cfg: ModelConfig, spec: DataSpec):
+    def __init__(self, cfg: ModelConfig, spec: DataSpec, input_norm: tuple[float, float] = (0.0, 1.0)):
+        """input_norm: the (mean, std) the images were normalised with (backbone contexts undo it)."""
         super().__init__()
         r, d = cfg.retina, cfg.hidden_size
         self.std = cfg.policy_std
@@ -73,21 +80,40 @@ class DRAM(nn.Module):
         self.explore = cfg.explore_steps
         self.steps_per_token = cfg.steps_per_token()
         self.routing = cfg.routing
+        self.rgb_glimpses = cfg.glimpse_color == "rgb"
+        if self.rgb_glimpses and spec.channels != 3:
+            raise ValueError(f"model.glimpse_color = 'rgb' needs 3-channel images, this dataset has {spec.channels}")
+        glimpse_channels = spec.channels if self.rgb_glimpses else 1
         self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
-        self.glimpse = ConvGlimpseNetwork(r.num_scales, r.patch_size, cfg.conv_channels, d, cfg.fusion)
-        self.context = build_context(cfg.context, spec.channels, spec.height, spec.width, d)
+        self.glimpse = ConvGlimpseNetwork(
+            r.num_scales * glimpse_channels, r.patch_size, cfg.conv_channels, d, cfg.fusion
+        )
+        self.context = build_context(cfg.context, spec.channels, spec.height, spec.width, d, input_norm)
+        self.reads_memory = cfg.context.kind == "vit"
         glimpses = spec.max_tokens * self.steps_per_token
-        self.lower = build_core(cfg.core, d, d, max_steps=glimpses)
-        self.upper = build_core(cfg.core, d, d, max_steps=glimpses + 1)
+        if self.reads_memory:
+            self.query = nn.Parameter(torch.randn(d) * 0.02)  # q: r1's first input, in place of ctx
+        self.lower = build_core(cfg.core, d, d, max_steps=glimpses + int(self.reads_memory))
+        self.upper = build_core(cfg.core, d, d, max_steps=glimpses + 1, cross_attention=self.reads_memory)
         self.locator = LocationNetwork(d)
         self.baseline = BaselineNetwork(d)
         self.classifier = Classifier(d, spec.num_classes)
 
-    def _open_upper(self, ctx: torch.Tensor):
-        """The context step: (h2_0, state of r2) from ctx."""
+    def _context_step(self, images: torch.Tensor):
+        """The context step -> (h2_0, state of r2, state of r1)."""
+        B, device, dtype = images.shape[0], images.device, images.dtype
+        lower_state = self.lower.init_state(B, device, dtype)
+        if self.reads_memory:
+            tokens = self.context(images)  # (B, M, d)
+            h1, lower_state = self.lower.step(self.query.expand(B, -1), lower_state)
+            upper_state = self.upper.init_state(B, device, dtype, memory=tokens)
+            h2, upper_state = self.upper.step(h1 if self.routing == "full" else h1.detach(), upper_state)
+            return h2, upper_state, lower_state
+        ctx = self.context(images)
         if isinstance(self.upper, SequenceCore):
-            return self.upper.step(ctx, self.upper.init_state(ctx.shape[0], ctx.device, ctx.dtype))
-        return ctx, self.upper.state_from_hidden(ctx)
+            h2, upper_state = self.upper.step(ctx, self.upper.init_state(B, device, dtype))
+            return h2, upper_state, lower_state
+        return ctx, self.upper.state_from_hidden(ctx), lower_state
 
     def forward(
         self,
@@ -100,7 +126,7 @@ class DRAM(nn.Module):
 
         Args:
             images: (B, C, H, W) normalised images; the context net sees all C channels, the glimpses
-                their channel mean (gray).
+                their channel mean (gray) or all of them (glimpse_color rgb).
             policy: "sample" draws l ~ N(mu, sigma^2 I); "mean" takes l = mu (log_pi at mu).
             generator: optional RNG of the policy noise (reproducible evaluation).
             num_slots: L, label slots to read (default: spec.max_tokens). Training passes the batch's
@@ -113,11 +139,10 @@ class DRAM(nn.Module):
         noise = None
         if policy == "sample":
             noise = torch.randn(G, B, 2, device=device, dtype=dtype, generator=generator) * self.std
-        gray = images.mean(dim=1, keepdim=True) if C > 1 else images
-        padded = self.retina.pad(gray)
+        source = images if self.rgb_glimpses or C == 1 else images.mean(dim=1, keepdim=True)
+        padded = self.retina.pad(source)
 
-        h2, upper_state = self._open_upper(self.context(images))
-        lower_state = self.lower.init_state(B, device, dtype)
+        h2, upper_state, lower_state = self._context_step(images)
         tops, mus, locations, token_logp = [h2], [], [], []
         for s in range(G):
             mu = self.locator(h2.detach() if self.routing == "detached" else h2)

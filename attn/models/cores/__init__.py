@@ -13,8 +13,17 @@ from attn.models.cores.base import Core, SequenceCore, TransformerState
 from attn.models.cores.rnn import LSTMCore, RNNCore
 
 
-def build_core(cfg: CoreConfig, input_size: int, hidden_size: int, max_steps: Optional[int] = None) -> Core:
+def build_core(
+    cfg: CoreConfig,
+    input_size: int,
+    hidden_size: int,
+    max_steps: Optional[int] = None,
+    cross_attention: bool = False,
+) -> Core:
     """The core for ``cfg.kind``: g_t (input_size) -> h_t (hidden_size = d).
+
+    cross_attention: Transformer cores only: every layer also reads a memory (B, M, d) given to
+    ``init_state`` / ``forward_sequence`` (DRAM's ViT context).
 
     max_steps: the most steps an episode takes (RAM: num_glimpses); sizes gpt2's learned positions
     (n_positions defaults to it and must not be smaller). Recurrent cores ignore it.
@@ -24,6 +33,8 @@ def build_core(cfg: CoreConfig, input_size: int, hidden_size: int, max_steps: Op
         cfg.check_against(hidden_size, max_steps)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if cross_attention and cfg.kind not in ("gpt2", "trxl", "gtrxl"):
+        raise ConfigError(f"model.core.kind = {cfg.kind!r} has no cross-attention; use gpt2, trxl or gtrxl")
     if cfg.kind == "rnn":
         return RNNCore(input_size, hidden_size)
     if cfg.kind == "lstm":
@@ -34,6 +45,7 @@ def build_core(cfg: CoreConfig, input_size: int, hidden_size: int, max_steps: Op
         inner_size=cfg.inner_size,
         dropout=cfg.dropout,
         use_cache=cfg.use_cache,
+        cross_attention=cross_attention,
     )
     if cfg.kind == "gpt2":
         from attn.models.cores.gpt2 import GPT2Core

@@ -126,24 +126,64 @@ class FeedForward(nn.Sequential):
         )
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from the stream to a fixed memory M (B, M_len, d) (DRAM's ViT tokens):
+
+        out = W_o [softmax(q_h K_h^T / sqrt(dh)) V_h]_h,  q = W_q h,  K = W_k M,  V = W_v M
+
+    content term only: no mask (the memory is not a sequence in time) and no positional term.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        width = num_heads * head_dim
+        self.q = nn.Linear(d_model, width, bias=False)
+        self.kv = nn.Linear(d_model, 2 * width, bias=False)
+        self.out = nn.Linear(width, d_model, bias=False)
+        self.dropout = dropout
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M (B, M_len, d) -> K, V (B, H, M_len, dh): computed once per episode."""
+        B, M, _ = memory.shape
+        k, v = self.kv(memory).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """h (B, d) or (B, T, d) -> the same shape."""
+        K, V = kv
+        q = self.q(h if h.dim() == 3 else h[:, None])  # (B, T, H * dh)
+        B, T, _ = q.shape
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, K, V, dropout_p=p).transpose(1, 2).reshape(B, T, -1)
+        out = self.out(out)
+        return out if h.dim() == 3 else out[:, 0]
+
+
 Attend = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RelativeLayer(nn.Module):
-    """A layer built around :class:`RelativeMultiHeadAttention`; subclasses define :meth:`block`, which
-    maps the stream x (any leading shape, ..., d) through the layer given ``attend`` (the attention
-    sub-module applied to a tensor of the same shape as x)."""
+    """A layer built around :class:`RelativeMultiHeadAttention` (and, with ``cross``, a
+    :class:`CrossAttention` sub-block); subclasses define :meth:`block`, which maps the stream x (any
+    leading shape, ..., d) through the layer given ``attend`` (the attention sub-module applied to a
+    tensor of the same shape as x) and ``read`` (cross-attention to the memory, or None)."""
 
     attn: RelativeMultiHeadAttention
+    cross: Optional[CrossAttention]  # set by every subclass (None: no cross-attention)
 
-    def block(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def block(self, x: torch.Tensor, attend: Attend, read: Optional[Attend]) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward_sequence(self, x: torch.Tensor, memory_length: Optional[int]) -> torch.Tensor:
-        """x: (B, T, d) -> (B, T, d)."""
-        return self.block(x, lambda h: self.attn.forward_sequence(h, memory_length))
+    def _reader(self, kv) -> Optional[Attend]:
+        return None if kv is None else (lambda h: self.cross(h, kv))
 
-    def step(self, x: torch.Tensor, cache: Cache, memory_length: Optional[int]) -> tuple[torch.Tensor, Cache]:
+    def forward_sequence(self, x: torch.Tensor, memory_length: Optional[int], kv=None) -> torch.Tensor:
+        """x: (B, T, d) -> (B, T, d); kv: this layer's memory keys/values or None."""
+        return self.block(x, lambda h: self.attn.forward_sequence(h, memory_length), self._reader(kv))
+
+    def step(self, x: torch.Tensor, cache: Cache, memory_length: Optional[int], kv=None) -> tuple[torch.Tensor, Cache]:
         """x: (B, d) -> ((B, d), new cache)."""
         new: list[Cache] = []
 
@@ -152,13 +192,14 @@ class RelativeLayer(nn.Module):
             new.append(c)
             return out
 
-        y = self.block(x, attend)
+        y = self.block(x, attend, self._reader(kv))
         return y, new[0]
 
 
 class RelativeTransformerCore(SequenceCore):
     """Input projection (input_size -> d when they differ) and dropout, a stack of
-    :class:`RelativeLayer`, then ``final_norm``. Caches one (K, V, W_R r) triple per layer."""
+    :class:`RelativeLayer`, then ``final_norm``. Caches one (K, V, W_R r) triple per layer; with
+    cross-attention, each layer's memory keys/values once per episode."""
 
     def __init__(
         self,
@@ -178,21 +219,30 @@ class RelativeTransformerCore(SequenceCore):
         self.final_norm = final_norm
         self.memory_length = memory_length or None
         self.use_cache = use_cache
+        self.cross_attention = all(layer.cross is not None for layer in layers)
 
-    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """x = (g_1..g_T): (B, T, input_size) -> (h_1..h_T): (B, T, hidden_size), causal."""
+    def _memory_kv(self, memory: torch.Tensor) -> tuple:
+        return tuple(layer.cross.memory_kv(memory) for layer in self.layers)
+
+    def forward_sequence(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x = (g_1..g_T): (B, T, input_size) -> (h_1..h_T): (B, T, hidden_size), causal; memory
+        (B, M, d): what every layer cross-attends to (cross_attention cores only)."""
+        if memory is not None and not self.cross_attention:
+            raise ValueError("this core was built without cross_attention: it cannot read a memory")
+        kvs = self._memory_kv(memory) if memory is not None else (None,) * len(self.layers)
         y = self.drop(self.proj(x))
-        for layer in self.layers:
-            y = layer.forward_sequence(y, self.memory_length)
+        for layer, kv in zip(self.layers, kvs):
+            y = layer.forward_sequence(y, self.memory_length, kv)
         return self.final_norm(y)
 
     def _init_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple:
         return tuple(layer.attn.init_cache(batch_size, device, dtype) for layer in self.layers)
 
-    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple) -> tuple[torch.Tensor, tuple]:
+    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple, memory_kv) -> tuple[torch.Tensor, tuple]:
         y = self.drop(self.proj(x))
         new = []
-        for layer, cache in zip(self.layers, layers):
-            y, cache = layer.step(y, cache, self.memory_length)
+        kvs = memory_kv if memory_kv is not None else (None,) * len(self.layers)
+        for layer, cache, kv in zip(self.layers, layers, kvs):
+            y, cache = layer.step(y, cache, self.memory_length, kv)
             new.append(cache)
         return self.final_norm(y), tuple(new)

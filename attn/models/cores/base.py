@@ -9,6 +9,9 @@ equals the h_t that ``step`` returns at step t. States are explicit values passe
 buffers mutated inside ``forward``), so a core holds no per-episode state, runs on the input's device,
 and gradients flow through the whole episode.
 
+Transformer cores built with ``cross_attention`` also read a fixed memory M (B, M_len, d) (DRAM's ViT
+tokens) by cross-attention in every layer: ``init_state(..., memory=M)``, ``forward_sequence(G, memory=M)``.
+
 Transformer cores (:class:`SequenceCore`) carry a :class:`TransformerState`: with ``use_cache`` the
 per-layer keys/values of the earlier steps (one layer pass per step: an episode of T steps does O(T)
 layer passes, step t costs O(t)); without it the prefix G[:, :t] of inputs, re-run through
@@ -62,11 +65,16 @@ class TransformerState:
     layers: use_cache=True: one tuple of tensors per layer (the key/value cache, which IS the memory of
         the episode), still attached to the autograd graph; () before the first step for gpt2.
     prefix: use_cache=False: the inputs so far, (B, t, input_size); None with the cache.
+    memory: the cross-attention memory (B, M, d), or None.
+    memory_kv: use_cache=True: what each layer derived from ``memory`` once per episode (its keys and
+        values), so steps do not recompute them; None without memory.
     """
 
     t: int
     layers: tuple = ()
     prefix: Optional[torch.Tensor] = None
+    memory: Optional[torch.Tensor] = None
+    memory_kv: Any = None
 
 
 class SequenceCore(Core):
@@ -77,23 +85,40 @@ class SequenceCore(Core):
     """
 
     use_cache: bool = True
+    cross_attention: bool = False
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> TransformerState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, memory: Optional[torch.Tensor] = None
+    ) -> TransformerState:
+        """The empty state; ``memory`` (B, M, d): what cross-attention reads for the whole episode."""
+        if memory is not None and not self.cross_attention:
+            raise ValueError("this core was built without cross_attention: it cannot read a memory")
         if self.use_cache:
-            return TransformerState(0, self._init_cache(batch_size, device, dtype))
-        return TransformerState(0, (), torch.zeros(batch_size, 0, self.input_size, device=device, dtype=dtype))
+            kv = self._memory_kv(memory) if memory is not None else None
+            return TransformerState(0, self._init_cache(batch_size, device, dtype), memory=memory, memory_kv=kv)
+        prefix = torch.zeros(batch_size, 0, self.input_size, device=device, dtype=dtype)
+        return TransformerState(0, (), prefix, memory=memory)
 
     def step(self, x: torch.Tensor, state: TransformerState) -> tuple[torch.Tensor, TransformerState]:
         """x = g_{t+1}: (B, input_size) -> h_{t+1}: (B, hidden_size) and the state after t+1 steps."""
         if state.prefix is not None:
             prefix = torch.cat([state.prefix, x[:, None]], dim=1)
-            return self.forward_sequence(prefix)[:, -1], TransformerState(state.t + 1, (), prefix)
-        h, layers = self._step_cached(x, state.t, state.layers)
-        return h, TransformerState(state.t + 1, layers)
+            h = self.forward_sequence(prefix, memory=state.memory)[:, -1]
+            return h, TransformerState(state.t + 1, (), prefix, memory=state.memory)
+        h, layers = self._step_cached(x, state.t, state.layers, state.memory_kv)
+        return h, TransformerState(state.t + 1, layers, memory=state.memory, memory_kv=state.memory_kv)
+
+    def forward_sequence(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _memory_kv(self, memory: torch.Tensor) -> Any:
+        """Per-episode work on the memory that every step reuses (default: the memory itself)."""
+        return memory
 
     def _init_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple:
         raise NotImplementedError
 
-    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple) -> tuple[torch.Tensor, tuple]:
-        """x: (B, input_size) at 0-based position t; layers: the cache after t steps -> (h, new cache)."""
+    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple, memory_kv: Any) -> tuple[torch.Tensor, tuple]:
+        """x: (B, input_size) at 0-based position t; layers: the cache after t steps; memory_kv: from
+        :meth:`_memory_kv` or None -> (h, new cache)."""
         raise NotImplementedError

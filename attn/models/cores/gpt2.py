@@ -6,6 +6,10 @@ positions p_t added to the (projected) glimpse vector, GELU MLP of inner width `
 LN. ``step`` feeds one position and the key/value cache of the earlier steps (one layer pass per step);
 the state carries the per-layer (K, V) tensors, each (B, H, t, d / H), and the position t. A fresh
 ``DynamicCache`` is built from those tensors every step, so a state is never mutated after it is returned.
+
+With ``cross_attention`` (GPT2Config.add_cross_attention) every block also attends to a memory
+(B, M, d) passed as ``encoder_hidden_states``; its keys/values are recomputed each step (the
+per-step cache holds only self-attention), which keeps the state a plain tuple.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class GPT2Core(SequenceCore):
         n_positions: int = 1024,
         use_cache: bool = True,
         attn_implementation: str = "sdpa",
+        cross_attention: bool = False,
     ):
         super().__init__()
         from transformers import DynamicCache, GPT2Config, GPT2Model  # slow import: only when used
@@ -40,6 +45,7 @@ class GPT2Core(SequenceCore):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.n_positions = n_positions
         self.use_cache = use_cache
+        self.cross_attention = cross_attention
         config = GPT2Config(
             vocab_size=1,
             n_positions=n_positions,
@@ -54,6 +60,7 @@ class GPT2Core(SequenceCore):
             bos_token_id=None,
             eos_token_id=None,
             use_cache=use_cache,
+            add_cross_attention=cross_attention,
             attn_implementation=attn_implementation,
         )
         self.proj = nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
@@ -71,22 +78,30 @@ class GPT2Core(SequenceCore):
                 "(raise model.core.n_positions)"
             )
 
-    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """x = (g_1..g_T): (B, T, input_size) -> (h_1..h_T): (B, T, d), causal, positions 0..T-1."""
+    def forward_sequence(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x = (g_1..g_T): (B, T, input_size) -> (h_1..h_T): (B, T, d), causal, positions 0..T-1;
+        memory (B, M, d): what every block cross-attends to (cross_attention only)."""
         self._check_length(x.shape[1])
-        return self.gpt2(inputs_embeds=self.proj(x), use_cache=False).last_hidden_state
+        if memory is not None and not self.cross_attention:
+            raise ValueError("this core was built without cross_attention: it cannot read a memory")
+        return self.gpt2(inputs_embeds=self.proj(x), encoder_hidden_states=memory, use_cache=False).last_hidden_state
 
     def _init_cache(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple:
         return ()  # no layer has keys yet
 
-    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple) -> tuple[torch.Tensor, tuple]:
+    def _step_cached(self, x: torch.Tensor, t: int, layers: tuple, memory_kv) -> tuple[torch.Tensor, tuple]:
         self._check_length(t + 1)
         cache = self._cache_cls(ddp_cache_data=layers) if layers else self._cache_cls()
         pos = torch.full((1, 1), t, dtype=torch.long, device=x.device)
         out = self.gpt2(
-            inputs_embeds=self.proj(x)[:, None], position_ids=pos, use_cache=True, **{self._cache_kw: cache}
+            inputs_embeds=self.proj(x)[:, None],
+            position_ids=pos,
+            encoder_hidden_states=memory_kv,  # the raw memory (see the module docstring)
+            use_cache=True,
+            **{self._cache_kw: cache},
         )
         new = getattr(out, "cache", None)
         if new is None:
             new = out.past_key_values
+        new = getattr(new, "self_attention_cache", new)  # with cross-attention: an EncoderDecoderCache
         return out.last_hidden_state[:, 0], tuple((layer.keys, layer.values) for layer in new.layers)

@@ -7,6 +7,9 @@ gate g in place of each residual add. With stream x (B, ..., d):
     y = ReLU(A(LN(x)));                      x = g_1(x, y)
     y = ReLU(W_2 ReLU(W_1 LN(x) + b_1) + b_2); x = g_2(x, y)       (FFN of inner width inner_size)
 
+With ``cross_attention``, a gated sub-block reading the memory (:class:`CrossAttention` C) sits between
+the two: y = ReLU(C(LN(x))); x = g_c(x, y).
+
     g(x, y):  r = sigmoid(W_r y + U_r x)
               z = sigmoid(W_z y + U_z x - b_g)
               h_hat = tanh(W_g y + U_g (r * x))
@@ -25,6 +28,7 @@ from torch import nn
 
 from attn.models.cores.attention import (
     Attend,
+    CrossAttention,
     FeedForward,
     RelativeLayer,
     RelativeMultiHeadAttention,
@@ -60,16 +64,22 @@ class GTrXLLayer(RelativeLayer):
         inner_size: int,
         dropout: float = 0.0,
         gate_bias: float = 2.0,
+        cross_attention: bool = False,
     ):
         super().__init__()
         self.attn = RelativeMultiHeadAttention(d_model, num_heads, head_dim, dropout, bias_init="zeros")
         self.ffn = FeedForward(d_model, inner_size, dropout)
         self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.gate1, self.gate2 = GRUGate(d_model, gate_bias), GRUGate(d_model, gate_bias)
+        self.cross = CrossAttention(d_model, num_heads, head_dim, dropout) if cross_attention else None
+        if cross_attention:
+            self.ln_c, self.gate_c = nn.LayerNorm(d_model), GRUGate(d_model, gate_bias)
         self.drop = nn.Dropout(dropout)
 
-    def block(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def block(self, x: torch.Tensor, attend: Attend, read: Optional[Attend]) -> torch.Tensor:
         x = self.gate1(x, self.drop(torch.relu(attend(self.ln1(x)))))
+        if read is not None:
+            x = self.gate_c(x, self.drop(torch.relu(read(self.ln_c(x)))))
         return self.gate2(x, self.drop(torch.relu(self.ffn(self.ln2(x)))))
 
 
@@ -88,10 +98,12 @@ class GTrXLCore(RelativeTransformerCore):
         memory_length: Optional[int] = None,
         gate_bias: float = 2.0,
         use_cache: bool = True,
+        cross_attention: bool = False,
     ):
         head_dim = head_dim or hidden_size // num_heads
         inner_size = inner_size or 4 * hidden_size
         layers = [
-            GTrXLLayer(hidden_size, num_heads, head_dim, inner_size, dropout, gate_bias) for _ in range(num_layers)
+            GTrXLLayer(hidden_size, num_heads, head_dim, inner_size, dropout, gate_bias, cross_attention)
+            for _ in range(num_layers)
         ]
         super().__init__(input_size, hidden_size, layers, nn.Identity(), dropout, memory_length, use_cache)

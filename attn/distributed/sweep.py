@@ -1,0 +1,378 @@
+"""Sweep: Ray Tune runs the trials of an experiment's ``sweep:`` section, Optuna proposes them, ASHA
+stops the weak ones early, and MLflow records one parent run per sweep with a child run per trial.
+
+    runs/<experiment>/<sweep name>/attn_run.json     sweep name, MLflow parent run id, config
+    runs/<experiment>/<sweep name>/tune/             Tune's experiment state (what --resume restores)
+    runs/<experiment>/<sweep name>/trials/           one Ray Train run per trial (its checkpoints)
+    runs/<experiment>/<sweep name>/trials.csv        the summary table (also an MLflow artifact)
+    runs/<experiment>/<sweep name>/best_config.yaml  the best trial's config, ready to run
+
+The layers: :func:`run_sweep` (here) builds the Tuner; :func:`attn.distributed.trial.run_trial` is the
+per-trial driver; :func:`attn.distributed.worker.train_loop_per_worker` runs on every DDP rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ray.tune import Callback
+
+from attn.config import ExperimentConfig, SweepConfig, apply_overrides, dump_config, validate_config
+from attn.distributed.driver import (
+    RUN_FILE,
+    _absolute_data_paths,
+    _check_data_here,
+    _ray_init,
+    _slug,
+    experiment_dir,
+    find_run,
+)
+from attn.distributed.trial import TRIAL_TAG, run_trial, trial_config
+from attn.errors import ConfigError, Interrupted
+from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
+
+TUNE_DIR = "tune"
+
+
+class SearchSpace:
+    """Optuna define-by-run sampling of a sweep's space (picklable, so Tune can save the searcher).
+
+    Unconditional keys are drawn first; a key with ``when`` only when the keys it names took one of
+    the listed values (otherwise it keeps the base config's value).
+    """
+
+    def __init__(self, sweep: SweepConfig):
+        self.dims = {k: d.model_dump(by_alias=True, exclude_none=True) for k, d in sweep.space.items()}
+
+    def __call__(self, trial) -> None:
+        drawn: dict[str, Any] = {}
+        for key, dim in sorted(self.dims.items(), key=lambda kv: "when" in kv[1]):
+            if any(drawn.get(k) not in allowed for k, allowed in dim.get("when", {}).items()):
+                continue
+            if "choice" in dim:
+                drawn[key] = trial.suggest_categorical(key, dim["choice"])
+            elif "int" in dim:
+                low, high = dim["int"]
+                drawn[key] = trial.suggest_int(key, low, high, step=dim.get("step", 1))
+            else:
+                log = "loguniform" in dim
+                low, high = dim["loguniform" if log else "uniform"]
+                drawn[key] = trial.suggest_float(key, low, high, log=log)
+
+
+@dataclass
+class SweepResult:
+    name: str
+    dir: Path
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[dict[str, Any]]
+    best: Optional[dict[str, Any]]
+    best_config: Optional[Path]
+
+
+def default_sweep_name(cfg: ExperimentConfig) -> str:
+    return _slug(f"sweep-{cfg.tracking.experiment_name or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def concurrency(cfg: ExperimentConfig, total: dict[str, float]) -> int:
+    """Trials that fit side by side: each needs its driver's CPUs plus its Train workers' CPUs and GPUs."""
+    sw, r = cfg.sweep, cfg.ray
+    need_cpu = sw.trial_driver_cpus + r.num_workers * r.cpus_per_worker
+    need_gpu = r.num_workers * r.gpus_per_worker
+    fits = math.floor(total.get("CPU", 0.0) / need_cpu + 1e-9)
+    if need_gpu > 0:
+        fits = min(fits, math.floor(total.get("GPU", 0.0) / need_gpu + 1e-9))
+    if fits < 1:
+        raise ConfigError(
+            f"sweep: one trial needs {need_cpu:g} CPUs (sweep.trial_driver_cpus {sw.trial_driver_cpus:g} + "
+            f"{r.num_workers} worker(s) x ray.cpus_per_worker {r.cpus_per_worker:g}) and {need_gpu:g} GPUs, but "
+            f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; lower ray.num_workers, "
+            "ray.cpus_per_worker or ray.gpus_per_worker"
+        )
+    if sw.max_concurrent_trials is not None:
+        fits = min(fits, sw.max_concurrent_trials)
+    return min(fits, sw.num_trials)
+
+
+class _TrialEvents(Callback):
+    """In the sweep's driver: a console line per trial event, and the trial's MLflow run closed with
+    how the trial ended (FINISHED; KILLED and tagged stopped_early when ASHA stopped it; FAILED)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str):
+        self.uri, self.experiment_id, self.parent = uri, experiment_id, parent_run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        print(f"sweep: trial {trial.trial_id} started: {_short(trial.config)}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        finished = "test_error" in r
+        how = "finished" if finished else f"stopped early after {r.get('training_iteration', '?')} epoch(s)"
+        val = r.get("best_val_error")
+        shown = f", best val error {val:.2f}%" if isinstance(val, (int, float)) else ""
+        print(f"sweep: trial {trial.trial_id} {how}{shown}", flush=True)
+        self._close(trial.trial_id, "finished" if finished else "stopped")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"sweep: trial {trial.trial_id} failed (its log is above)", flush=True)
+        self._close(trial.trial_id, "error")
+
+    def _close(self, trial_id: str, how: str) -> None:
+        from attn.distributed.trial import find_child_run
+
+        try:
+            run = find_child_run(self.uri, self.experiment_id, self.parent, trial_id)
+            if run is not None:
+                close_trial_run(self.uri, run.info.run_id, how)
+        except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the sweep
+            print(f"sweep: could not close the MLflow run of trial {trial_id} ({exc})", flush=True)
+
+
+def close_trial_run(uri: str, run_id: str, how: str) -> None:
+    """how: finished | stopped (by ASHA) | error | interrupted (reopened when the sweep resumes)."""
+    from mlflow.tracking import MlflowClient
+
+    if how == "finished":
+        end_run(uri, run_id, "FINISHED")
+    elif how == "error":
+        end_run(uri, run_id, "FAILED")
+    else:
+        client = MlflowClient(tracking_uri=uri)
+        if how == "stopped":
+            client.set_tag(run_id, "attn.stopped_by", "asha")
+        client.set_tag(run_id, "attn.status", "stopped_early" if how == "stopped" else "interrupted")
+        client.set_terminated(run_id, status="KILLED")
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def run_sweep(
+    cfg: ExperimentConfig,
+    *,
+    config_file: Optional[str] = None,
+    resume: bool = False,
+    resume_name: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+) -> SweepResult:
+    """Run (or continue) the sweep of ``cfg``; return its summary rows and the best trial."""
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    saved: Optional[dict[str, Any]] = None
+    if resume:
+        sweep_dir = find_run(cfg, resume_name)
+        saved = json.loads((sweep_dir / RUN_FILE).read_text())
+        if saved.get("kind") != "sweep":
+            raise ConfigError(f"--resume {sweep_dir.name}: that is a single run, not a sweep; resume it without the sweep")
+        cfg = validate_config(apply_overrides(saved["config"], list(overrides or [])), str(sweep_dir / RUN_FILE))
+        name, uri = saved["name"], saved["tracking_uri"]
+    else:
+        name = cfg.tracking.run_name or default_sweep_name(cfg)
+        sweep_dir = experiment_dir(cfg) / name
+        if (sweep_dir / RUN_FILE).exists():
+            raise ConfigError(f"tracking.run_name={name}: a sweep of that name exists; pick another or pass --resume")
+    _absolute_data_paths(cfg)
+    _check_data_here(cfg)
+    started_ray = _ray_init(cfg)
+    parent: Optional[str] = None
+    status = "FAILED"
+    previous = signal.getsignal(signal.SIGTERM)
+    # Tune stops gracefully on SIGINT (saving its state for --resume); make SIGTERM do the same.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        import ray
+
+        limit = concurrency(cfg, ray.cluster_resources())
+        exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
+        if saved is not None:
+            parent = saved["parent_run_id"]
+            reopen_run(uri, parent)
+            print(f"resuming sweep {name} (MLflow run {parent})", flush=True)
+        else:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            parent = start_run(uri, exp_id, cfg, name, config_file=config_file, extra_tags={"attn.kind": "sweep"})
+            record = {"kind": "sweep", "name": name, "parent_run_id": parent, "tracking_uri": uri, "config": cfg.to_dict()}
+            (sweep_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
+            print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent} in {uri}", flush=True)
+        info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
+        results = _tune(cfg, sweep_dir, info, limit, restore=saved is not None)
+        finished = results.num_terminated + results.num_errors
+        if finished < cfg.sweep.num_trials:
+            status = "KILLED"
+            _close_interrupted(uri, exp_id, parent)
+            raise Interrupted(
+                f"sweep {name} was interrupted after {finished} of {cfg.sweep.num_trials} trials; continue it "
+                f"with --resume {name} (finished trials are not run again)"
+            )
+        rows = _rows(results, cfg, uri, exp_id, parent)
+        best, best_path = _summarise(cfg, sweep_dir, uri, parent, rows)
+        status = "FINISHED"
+        return SweepResult(name, sweep_dir, parent, uri, rows, best, best_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if parent is not None:
+            try:
+                end_run(uri, parent, status)
+            except Exception:  # noqa: BLE001 - never hide the original error behind a tracking hiccup
+                pass
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], limit: int, restore: bool):
+    """Build (or restore) the Tuner and run it to the end or to an interruption."""
+    from ray import tune
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    sw = cfg.sweep
+    base = cfg.to_dict()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, sweep=info), {"cpu": sw.trial_driver_cpus}
+    )
+    if restore:
+        path = sweep_dir / TUNE_DIR
+        if not tune.Tuner.can_restore(str(path)):
+            raise ConfigError(f"--resume: {path} holds no Tune state to continue; start the sweep anew")
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True).fit()
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = (optuna.samplers.TPESampler if sw.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=sw.seed)
+    search = OptunaSearch(space=SearchSpace(sw), metric=sw.metric, mode=sw.mode, sampler=sampler)
+    scheduler = None
+    if sw.asha is not None:
+        # One Tune result per epoch, plus the final (test) report: max_t leaves room for it, so a trial
+        # that trains to the end is never cut before its test evaluation.
+        scheduler = AsyncHyperBandScheduler(
+            time_attr="training_iteration",
+            metric=sw.metric,
+            mode=sw.mode,
+            max_t=cfg.train.epochs + 1,
+            grace_period=sw.asha.grace_period,
+            reduction_factor=sw.asha.reduction_factor,
+        )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=sw.num_trials,
+            max_concurrent_trials=limit,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(sweep_dir),
+            callbacks=[_TrialEvents(info["uri"], info["experiment_id"], info["parent_run_id"])],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    return tuner.fit()
+
+
+def _rows(results, cfg: ExperimentConfig, uri: str, exp_id: str, parent: str) -> list[dict[str, Any]]:
+    """One summary row per trial: params, status, epochs, validation and test numbers, MLflow run."""
+    from attn.distributed.trial import find_child_run
+
+    keys = list(cfg.sweep.space)
+    rows = []
+    for result in results:
+        m = result.metrics or {}
+        trial_id = m.get("trial_id") or Path(result.path).name
+        if result.error is not None:
+            status = "error"
+        elif "test_error" in m:
+            status = "finished"
+        else:
+            status = "stopped"
+        child = find_child_run(uri, exp_id, parent, trial_id)
+        row = {"trial_id": trial_id, "status": status}
+        row.update({k: result.config.get(k, "") for k in keys})
+        row.update(
+            epochs=(int(m["epoch"]) + 1) if "epoch" in m else 0,
+            metric=m.get(cfg.sweep.metric),
+            best_val_error=m.get("best_val_error"),
+            test_error=m.get("test_error"),
+            test_error_mc=m.get("test_error_mc"),
+            mlflow_run_id=child.info.run_id if child is not None else "",
+        )
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def _close_interrupted(uri: str, exp_id: str, parent: str) -> None:
+    """Trials cut by an interruption left their MLflow runs open: mark them (--resume reopens them)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for run in client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"):
+        if run.info.status == "RUNNING":
+            close_trial_run(uri, run.info.run_id, "interrupted")
+
+
+def _summarise(cfg: ExperimentConfig, sweep_dir: Path, uri: str, parent: str, rows: list[dict[str, Any]]):
+    """Print and store the summary table, log the best trial on the parent run, write its config."""
+    from mlflow.tracking import MlflowClient
+
+    sw = cfg.sweep
+    scored = [r for r in rows if isinstance(r["metric"], (int, float)) and math.isfinite(r["metric"])]
+    best = (min if sw.mode == "min" else max)(scored, key=lambda r: r["metric"]) if scored else None
+    columns = list(rows[0]) if rows else ["trial_id"]
+    table = sweep_dir / "trials.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    _print_table(rows, columns, best, sw.metric)
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifact(parent, str(table))
+    best_path = None
+    if best is not None:
+        params = {k: best[k] for k in sw.space if best[k] != ""}
+        best_cfg = trial_config(copy.deepcopy(cfg.to_dict()), params, f"best-of-{sweep_dir.name}")
+        best_cfg.tracking.run_name = None
+        best_path = sweep_dir / "best_config.yaml"
+        header = (
+            f"# Best trial {best['trial_id']} of sweep {sweep_dir.name}: {sw.metric} = {best['metric']:.4g}\n"
+            f"# {_short(params)}\n# python run.py {best_path}\n"
+        )
+        best_path.write_text(header + dump_config(best_cfg))
+        client.log_artifact(parent, str(best_path))
+        client.log_metric(parent, f"best_{sw.metric}", float(best["metric"]))
+        client.set_tag(parent, "attn.best_trial", best["trial_id"])
+        client.set_tag(parent, "attn.best_run_id", best["mlflow_run_id"])
+        for k, v in params.items():
+            client.set_tag(parent, f"attn.best.{k}", str(v))
+        print(f"best trial {best['trial_id']}: {sw.metric} {best['metric']:.4g} ({_short(params)}); config: {best_path}")
+    return best, best_path
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], best, metric: str) -> None:
+    shown = [c for c in columns if c != "mlflow_run_id" and not (c == "metric" and metric in columns)]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "-" if v is None or v == "" else str(v)
+
+    body = [[cell(r[c]) for c in shown] for r in rows]
+    head = [c if c != "metric" else metric for c in shown]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r, b in zip(rows, body):
+        mark = "  <- best" if best is not None and r["trial_id"] == best["trial_id"] else ""
+        print("  ".join(x.ljust(w) for x, w in zip(b, widths)) + mark)
