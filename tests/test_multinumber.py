@@ -387,3 +387,31 @@ def test_changed_svhn_source_is_named(made, svhn_root, tmp_path):
     want = r"meta\.json: .* with SVHN folders train/ \(60 records\), test/ \(30 records\); this run reads train/ \(40"
     with pytest.raises(DataError, match=want):
         mn.generate_multinumber(other, made, workers=1, **OPTS)
+
+
+def test_prepare_multinumber_command(svhn_root, tmp_path):
+    """`python run.py prepare multinumber` makes the dataset with the options given, then training
+    finds it through the config (data.task=multinumber); a bad option is one line, no traceback."""
+    out = tmp_path / "mn"
+    cmd = [sys.executable, str(ROOT / "run.py"), "prepare", "multinumber", "--svhn", str(svhn_root), "--to", str(out),
+           "--size", "96", "--box", "32", "--count", "20", "--split", "0.5", "0.25", "0.25", "--seed", "3",
+           "--workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: multinumber in" in proc.stdout and "train 10 images, val 5 images, test 5 images" in proc.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["size"], meta["box"], meta["count"], meta["seed"]) == (96, 32, 20, 3)
+
+    from attn.config import load_config
+    from attn.data import build_data
+
+    cfg = load_config(None, ["data.task=multinumber", f"data.data_dir={out}", "model.name=dram",
+                             "model.retina.patch_size=12"])
+    data = build_data(cfg.data)
+    assert len(data.train) == 10 and data.spec.height == 96 and data.spec.max_tokens == cfg.max_tokens() == 6
+
+    bad = subprocess.run(cmd[:-2] + ["--workers", "1", "--split", "0.5", "0.5", "0.5"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "split" in lines[0], bad.stderr
