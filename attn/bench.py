@@ -1,6 +1,6 @@
 """Benchmarks, each printing a table and then JSON (one line per row):
 
-- ``python -m attn.bench ram [--batch 128] [--steps 200] [key=value ...]``: full training steps
+- ``python -m attn.bench ram [--batch 128] [--steps 200] [--compile] [key=value ...]``: full training steps
   (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped input in
   this process with the default thread count: images/s (median over repeats) and peak memory.
 - ``python -m attn.bench dram [--batch 64] [--steps 20] [key=value ...]``: full training steps of DRAM
@@ -53,12 +53,15 @@ def _sync(device: torch.device) -> None:
 
 
 def _training_rate(
-    model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None, device=None
+    model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None, device=None,
+    compile: bool = False,
 ) -> list[float]:
-    """Images/s of full training steps, one value per repeat (after a warm-up). Default input: random
-    MNIST-shaped images and labels. On a GPU every repeat ends with a synchronisation."""
+    """Images/s of full training steps, one value per repeat (after a warm-up, which also pays for
+    ``torch.compile`` when ``compile``). Default input: random MNIST-shaped images and labels. On a
+    GPU every repeat ends with a synchronisation."""
     device = device or torch.device("cpu")
     optimizer = build_optimizer(model, cfg.train)
+    forward = torch.compile(model) if compile else model
     if images is None:
         images = torch.randn(batch, 1, 28, 28)
         labels = torch.randint(0, 10, (batch,))
@@ -67,7 +70,7 @@ def _training_rate(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        terms = episode_loss(model(images, **slots), labels, cfg.train.rl_coef, end_token)
+        terms = episode_loss(forward(images, **slots), labels, cfg.train.rl_coef, end_token)
         terms.total.backward()
         optimizer.step()
 
@@ -119,14 +122,15 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
     }
 
 
-def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None) -> dict:
+def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None, compile: bool = False) -> dict:
     device = device or torch.device("cpu")
     cfg = load_config(None, overrides)
     configure_torch()
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, SPEC).to(device)
-    rates = _training_rate(model, cfg, batch, steps, repeats, device=device)
-    return _row("ram", model, cfg, rates, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses)
+    rates = _training_rate(model, cfg, batch, steps, repeats, device=device, compile=compile)
+    return _row("ram", model, cfg, rates, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses,
+                compiled=compile)
 
 
 DRAM_BASE = [
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--canvas", type=int, nargs="+", default=[110, 186, 224], help="background: canvas sides")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ram, dram, background)")
+    p.add_argument("--compile", action="store_true", help="ram: run the model through torch.compile")
     p.add_argument("--image", type=int, default=54, help="dram: side of the random input images")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="dram: channels of the input images")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
@@ -309,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.which == "ram":
-            rows = [bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device)]
-            keys = ["name", "device", "core", "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
+            rows = [bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device, args.compile)]
+            keys = ["name", "device", "compiled", "core", "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb",
+                    "threads"]
         elif args.which == "dram":
             rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides, device, args.image,
                                args.channels)]
