@@ -147,3 +147,30 @@ def test_svhn_background_options_are_validated():
                            "data.crop_size=40"])
     with pytest.raises(Exception, match="canvas_size"):
         load_config(None, ["data.task=svhn_background", "data.canvas_size=32"])
+
+
+def test_number_boxes_match_a_per_record_loop(tmp_path):
+    """Tight boxes in crop pixels for every record, bad ones (zeros) between good ones, against a
+    slow float64 loop: union of the digit boxes, minus the crop's corner, times size / crop side."""
+    from PIL import Image
+
+    from attn.data.svhn import _read_index, crop_box, ensure_cache
+    from svhn_fixture import make_svhn_folder
+
+    make_svhn_folder(tmp_path / "src", "train", 30, seed=7, max_len=4, long_numbers=2, bad_boxes=4)
+    folder = _read_index(ensure_cache(tmp_path / "src" / "train", tmp_path / "cache", image_size=48), "train")
+    ds = read_digit_struct(tmp_path / "src" / "train" / "digitStruct.mat")
+    assert (folder.status != 0).sum() == 4
+    for n in range(len(ds)):
+        name, rows = ds.record(n)
+        with Image.open(tmp_path / "src" / "train" / name) as im:
+            crop = crop_box(rows, *im.size)
+        if crop is None:
+            assert folder.status[n] != 0 and not folder.number_boxes[n].any()
+            continue
+        x0, y0 = rows[:, 2].min(), rows[:, 3].min()
+        x1, y1 = (rows[:, 2] + rows[:, 4]).max(), (rows[:, 3] + rows[:, 0]).max()
+        cx0, cy0, cx1, cy1 = crop
+        sx, sy = 48 / (cx1 - cx0), 48 / (cy1 - cy0)
+        want = [(x0 - cx0) * sx, (y0 - cy0) * sy, (x1 - cx0) * sx, (y1 - cy0) * sy]
+        np.testing.assert_allclose(folder.number_boxes[n], want, rtol=1e-5, atol=1e-4)

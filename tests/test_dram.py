@@ -352,3 +352,34 @@ class _Fixed(torch.nn.Module):
 
     def forward(self, images):
         return self.value
+
+
+@pytest.mark.parametrize("context", ["cnn", "vit"])
+def test_mc_copies_equal_repeated_images_with_the_context_run_once_per_image(tmp_path, context):
+    spec = DataSpec(3, 30, 30, 11, SPEC.class_names, max_tokens=4, end_token=0)
+    extra = ["model.core.kind=gtrxl", "model.core.num_heads=2", "data.color=rgb"]
+    if context == "vit":
+        extra += ["model.context.kind=vit", f"model.context.vit_config={tiny_vit_config(tmp_path)}"]
+    torch.manual_seed(0)
+    model = dram(*extra, spec=spec).eval()
+    seen = []
+    model.context.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    x = torch.randn(5, 3, 30, 30)
+    a = model(x.repeat(3, 1, 1, 1), generator=torch.Generator().manual_seed(4), num_slots=2)
+    b = model(x, generator=torch.Generator().manual_seed(4), num_slots=2, copies=3)
+    assert seen == [15, 5]  # the context saw every copy the first time, each image once the second
+    for field in ("log_probs", "log_pi", "baselines", "locations"):
+        torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=1e-5, atol=1e-5)
+
+
+def test_ram_copies_equal_repeated_images():
+    from attn.models.ram import RAM
+
+    cfg = load_config(None, ["model.hidden_size=16", "model.what_size=8", "model.where_size=8"])
+    torch.manual_seed(0)
+    model = RAM(cfg.model, DataSpec(1, 28, 28, 10, tuple("0123456789"))).eval()
+    x = torch.randn(4, 1, 28, 28)
+    a = model(x.repeat(2, 1, 1, 1), generator=torch.Generator().manual_seed(1))
+    b = model(x, generator=torch.Generator().manual_seed(1), copies=2)
+    torch.testing.assert_close(b.log_probs, a.log_probs)
+    torch.testing.assert_close(b.locations, a.locations)

@@ -171,8 +171,8 @@ def evaluate(
         x = data.model_input(images.to(device), train=False, ids=ids)
         y = labels.to(device)
         m = mc_samples if policy == "sample" else 1
-        xm = x.repeat(m, *([1] * (x.ndim - 1))) if m > 1 else x
-        log_probs = model(xm, policy=policy, generator=generator, **label_slots(y)).log_probs
+        # copies=m: the model repeats the images itself, so a context network runs once per image
+        log_probs = model(x, policy=policy, generator=generator, copies=m, **label_slots(y)).log_probs
         if m > 1:
             log_probs = log_probs.view(m, x.shape[0], *log_probs.shape[1:]).mean(0)
         sums += score_batch(log_probs, y, end_token).to(sums.dtype)

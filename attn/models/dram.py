@@ -99,17 +99,22 @@ class DRAM(nn.Module):
         self.baseline = BaselineNetwork(d)
         self.classifier = Classifier(d, spec.num_classes)
 
-    def _context_step(self, images: torch.Tensor):
-        """The context step -> (h2_0, state of r2, state of r1)."""
-        B, device, dtype = images.shape[0], images.device, images.dtype
+    def _context_step(self, images: torch.Tensor, copies: int = 1):
+        """The context step -> (h2_0, state of r2, state of r1), for ``copies`` episodes per image
+        (rows copy-major): the context network runs once per image, its output is repeated."""
+        B, device, dtype = images.shape[0] * copies, images.device, images.dtype
         lower_state = self.lower.init_state(B, device, dtype)
         if self.reads_memory:
             tokens = self.context(images)  # (B, M, d)
+            if copies > 1:
+                tokens = tokens.repeat(copies, 1, 1)
             h1, lower_state = self.lower.step(self.query.expand(B, -1), lower_state)
             upper_state = self.upper.init_state(B, device, dtype, memory=tokens)
             h2, upper_state = self.upper.step(h1 if self.routing == "full" else h1.detach(), upper_state)
             return h2, upper_state, lower_state
         ctx = self.context(images)
+        if copies > 1:
+            ctx = ctx.repeat(copies, 1)
         if isinstance(self.upper, SequenceCore):
             h2, upper_state = self.upper.step(ctx, self.upper.init_state(B, device, dtype))
             return h2, upper_state, lower_state
@@ -121,6 +126,7 @@ class DRAM(nn.Module):
         policy: Policy = "sample",
         generator: Optional[torch.Generator] = None,
         num_slots: Optional[int] = None,
+        copies: int = 1,
     ) -> SequenceEpisode:
         """Run one episode.
 
@@ -131,7 +137,12 @@ class DRAM(nn.Module):
             generator: optional RNG of the policy noise (reproducible evaluation).
             num_slots: L, label slots to read (default: spec.max_tokens). Training passes the batch's
                 longest label: later slots could only ever be masked out.
+            copies: M, episodes per image (MC evaluation), rows copy-major (copy k of image b at row
+                k * B + b); the context network still runs once per image.
         """
+        h2, upper_state, lower_state = self._context_step(images, copies)
+        if copies > 1:
+            images = images.repeat(copies, 1, 1, 1)
         B, C, H, W = images.shape
         L = num_slots or self.max_tokens
         G = L * self.steps_per_token
@@ -141,8 +152,6 @@ class DRAM(nn.Module):
             noise = torch.randn(G, B, 2, device=device, dtype=dtype, generator=generator) * self.std
         source = images if self.rgb_glimpses or C == 1 else images.mean(dim=1, keepdim=True)
         padded = self.retina.pad(source)
-
-        h2, upper_state, lower_state = self._context_step(images)
         tops, mus, locations, token_logp = [h2], [], [], []
         for s in range(G):
             mu = self.locator(h2.detach() if self.routing == "detached" else h2)

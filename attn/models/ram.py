@@ -75,6 +75,7 @@ class RAM(nn.Module):
         images: torch.Tensor,
         policy: Policy = "sample",
         generator: Optional[torch.Generator] = None,
+        copies: int = 1,
     ) -> Episode:
         """Run one episode.
 
@@ -83,7 +84,11 @@ class RAM(nn.Module):
             policy: "sample" draws l_t ~ N(mu_t, sigma^2 I) (training, MC evaluation); "mean" takes
                 l_t = mu_t (deterministic evaluation; log_pi is then evaluated at mu_t).
             generator: optional RNG for l_0 and the policy noise (reproducible evaluation).
+            copies: M, episodes per image (MC evaluation): the batch becomes images.repeat(M), copy k of
+                image b at row k * B + b; every output has M * B rows.
         """
+        if copies > 1:
+            images = images.repeat(copies, *([1] * (images.ndim - 1)))
         B, _, H, W = images.shape
         T = self.num_glimpses
         device, dtype = images.device, images.dtype
