@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from attn.config import ExperimentConfig, apply_overrides, validate_config
 from attn.data import check_data
-from attn.errors import AttnError, ConfigError, Interrupted
+from attn.errors import AttnError, CheckpointError, ConfigError, Interrupted
 from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
 
 RUN_FILE = "attn_run.json"
@@ -172,6 +172,8 @@ def run_training(
     _absolute_data_paths(cfg)
     # Everything that can be checked is checked before an MLflow run is opened or changed.
     _check_data_here(cfg)
+    if saved is not None:
+        _check_latest_checkpoint(run_dir)
     started_ray = _ray_init(cfg)
     run_id: Optional[str] = None
     status = "FAILED"
@@ -206,6 +208,25 @@ def run_training(
             import ray
 
             ray.shutdown()
+
+
+def _check_latest_checkpoint(run_dir: Path) -> None:
+    """Before resuming: when the run has checkpoints and none of them loads, stop here in one line
+    (naming the newest) instead of inside a worker after Ray has started. Which readable checkpoint
+    to continue from stays Ray Train's choice (its newest registered one)."""
+    from attn.engine.checkpoint import load_checkpoint
+
+    # Ray Train names them checkpoint_<timestamp>: the names sort by time.
+    checkpoints = sorted((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), reverse=True)
+    first_error: Optional[CheckpointError] = None
+    for path in checkpoints:
+        try:
+            load_checkpoint(path)
+            return
+        except CheckpointError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
 
 
 def _open_run(cfg: ExperimentConfig, uri: str, run_name: str, run_dir: Path, config_file: Optional[str]) -> str:
