@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from attn.errors import ConfigError
 
@@ -73,7 +73,8 @@ class DataConfig(Section):
         description=(
             "Folder with the dataset files. mnist: None uses the copy embedded in the package. svhn: the "
             "folder holding train/, test/ (and extra/) of format 1; `python run.py prepare svhn --to DIR` "
-            "makes one. multinumber: the folder `python run.py prepare multinumber --to DIR` wrote."
+            "makes one. multinumber: the folder `python run.py prepare multinumber --to DIR` wrote. A relative "
+            "path is read from $ATTN_DATA_ROOT if set (a cluster's shared folder), else from the current folder."
         ),
     )
     val_fraction: float = Field(
@@ -568,7 +569,9 @@ class SweepConfig(Section):
 # ---------------------------------------------------------------------------------------------
 class RayConfig(Section):
     address: Optional[str] = Field(
-        None, description="A running cluster ('auto' or host:port). None: start Ray on this machine."
+        None,
+        description="A running cluster ('auto' or host:port). None: $RAY_ADDRESS if set (as inside a "
+        "`ray job submit` job), else start Ray on this machine.",
     )
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: float = Field(2.0, gt=0.0)
@@ -576,13 +579,40 @@ class RayConfig(Section):
     threads_per_worker: Optional[int] = Field(
         None, ge=1, description="torch threads in each worker. None: cpus_per_worker rounded up."
     )
-    storage_path: str = Field("runs", description="Where Ray Train keeps checkpoints (relative to cwd).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="How the workers are placed on a cluster's nodes: PACK fills one node first (fast "
+        "intra-node DDP); SPREAD prefers, STRICT_SPREAD requires, one worker per node.",
+    )
+    storage_path: Optional[str] = Field(
+        None,
+        description="Folder of the runs (checkpoints, run records, sweep state); on a cluster one that every "
+        "node sees at the same path (NFS, EFS, Filestore). None: $ATTN_STORAGE_PATH if set, else ./runs.",
+    )
     max_failures: int = Field(0, ge=0, description="Worker-group restarts from the latest checkpoint.")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _filesystem_folder(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            check_storage_folder(value)
+        return value
+
+
+def check_storage_folder(value: str) -> None:
+    """attn reads its run records and checkpoints back as files, so storage is a filesystem folder."""
+    if "://" in value:
+        raise ValueError(
+            f"{value!r} is a URI, but runs live in a filesystem folder: mount the bucket or share on every node "
+            "(NFS, EFS, Filestore, or s3fs/gcsfuse for buckets) and give its path, e.g. /mnt/shared/runs"
+        )
 
 
 class TrackingConfig(Section):
     tracking_uri: Optional[str] = Field(
-        None, description="MLflow tracking URI. None: sqlite:///<cwd>/mlflow.db."
+        None,
+        description="MLflow tracking URI (http://head:5000 for a cluster's server). None: $MLFLOW_TRACKING_URI "
+        "if set, else sqlite:///<cwd>/mlflow.db.",
     )
     experiment_name: Optional[str] = Field(None, description="None: the YAML file's stem.")
     run_name: Optional[str] = Field(None, description="None: <task>-<model>-<core>-<timestamp>.")

@@ -22,8 +22,10 @@ _MAX_PARAM_LEN = 6000
 
 
 def resolve_tracking_uri(uri: Optional[str], cwd: Optional[Path] = None) -> str:
-    """None -> ``sqlite:///<cwd>/mlflow.db``; relative sqlite/file paths become absolute."""
+    """None -> ``$MLFLOW_TRACKING_URI`` if set (a cluster sets it to the head's server), else
+    ``sqlite:///<cwd>/mlflow.db``; relative sqlite/file paths become absolute."""
     cwd = Path(cwd or os.getcwd()).resolve()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri is None:
         return f"sqlite:///{cwd / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -157,3 +159,6 @@ class MlflowTracker:
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)

@@ -1,6 +1,6 @@
 """Per-run driver: start (or join) Ray, open the MLflow run, fit a ``TorchTrainer``, close the run.
 
-Storage layout (``ray.storage_path``, default ``./runs``)::
+Storage layout (``ray.storage_path``, else ``$ATTN_STORAGE_PATH``, else ``./runs``)::
 
     runs/<experiment>/<run_name>/          Ray Train's run folder (checkpoints, state)
     runs/<experiment>/<run_name>/attn_run.json   run name, MLflow run id, resolved config
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from attn.config import ExperimentConfig, apply_overrides, validate_config
+from attn.config import ExperimentConfig, apply_overrides, check_storage_folder, validate_config
 from attn.data import check_data
 from attn.errors import AttnError, CheckpointError, ConfigError, Interrupted
 from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
@@ -47,8 +47,29 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     return _slug(f"{cfg.data.task}-{m.name}-{m.core.kind}-g{glimpses}-{stamp}")
 
 
+def storage_root(cfg: ExperimentConfig) -> Path:
+    """``ray.storage_path``, else ``$ATTN_STORAGE_PATH`` (set on a cluster's nodes), else ``./runs``;
+    absolute, because jobs and workers run in other folders."""
+    value = cfg.ray.storage_path
+    if value is None and os.environ.get("ATTN_STORAGE_PATH"):
+        value = os.environ["ATTN_STORAGE_PATH"]
+        try:
+            check_storage_folder(value)
+        except ValueError as exc:
+            raise ConfigError(f"ATTN_STORAGE_PATH: {exc}") from None
+    return Path(value or "runs").expanduser().resolve()
+
+
+def resolve_locations(cfg: ExperimentConfig) -> str:
+    """Fix where the run lives before it is recorded: the storage folder and the tracking URI become
+    absolute values in ``cfg`` (so the saved config says where they were); returns the URI."""
+    cfg.ray.storage_path = str(storage_root(cfg))
+    cfg.tracking.tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    return cfg.tracking.tracking_uri
+
+
 def experiment_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.ray.storage_path).expanduser().resolve() / _slug(cfg.tracking.experiment_name or "default")
+    return storage_root(cfg) / _slug(cfg.tracking.experiment_name or "default")
 
 
 def find_run(cfg: ExperimentConfig, name: Optional[str]) -> Path:
@@ -103,32 +124,53 @@ def _ray_init(cfg: ExperimentConfig) -> bool:
     return True
 
 
-def _check_resources(cfg: ExperimentConfig) -> None:
+def cluster_capacity() -> dict[str, float]:
+    """The CPUs, GPUs, ... the cluster can hold: the maximum its autoscaler may reach (a `ray up`
+    cluster starts GPU workers on demand), or what it has now when it has no autoscaler."""
     import ray
 
-    total = ray.cluster_resources()
+    now = ray.cluster_resources()
+    try:
+        # What Ray Train itself checks a worker group against (private, hence the guard).
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - an older/newer Ray without it: what the cluster has now
+        most = {}
+    return {key: max(float(now.get(key, 0)), float(most.get(key, 0))) for key in set(now) | set(most)}
+
+
+def _check_resources(cfg: ExperimentConfig) -> None:
+    total = cluster_capacity()
     need_cpu = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     need_gpu = cfg.ray.num_workers * cfg.ray.gpus_per_worker
     if need_cpu > total.get("CPU", 0) + 1e-9 or need_gpu > total.get("GPU", 0) + 1e-9:
         raise ConfigError(
             f"ray: {cfg.ray.num_workers} worker(s) x ({cfg.ray.cpus_per_worker} CPU, {cfg.ray.gpus_per_worker} GPU) "
-            f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs, but the cluster has {total.get('CPU', 0):g} CPUs and "
+            f"need {need_cpu:g} CPUs and {need_gpu:g} GPUs, but the cluster holds at most {total.get('CPU', 0):g} CPUs and "
             f"{total.get('GPU', 0):g} GPUs; lower ray.num_workers or ray.cpus_per_worker/gpus_per_worker"
         )
 
 
 def _absolute_data_paths(cfg: ExperimentConfig) -> None:
-    """Relative data paths mean: from where run.py was started. Ray workers run in other folders, so
-    they receive the absolute paths (also what the run records)."""
+    """Relative data paths mean: from ``$ATTN_DATA_ROOT`` if set (a cluster sets it to its shared
+    folder, since a submitted job runs in a throwaway copy of the project), else from where run.py was
+    started. Ray workers run in other folders, so they receive the absolute paths (also what the run
+    records)."""
+    base = Path(os.environ.get("ATTN_DATA_ROOT") or os.getcwd()).expanduser()
+
+    def absolute(value: str) -> str:
+        return str((base / Path(value).expanduser()).resolve())
+
     for key in ("data_dir", "cache_dir"):
         value = getattr(cfg.data, key)
-        if value is not None and not Path(value).expanduser().is_absolute():
-            setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
+        if value is not None:
+            setattr(cfg.data, key, absolute(value))
     ctx = cfg.model.context
     for key in ("weights", "vit_config"):
         value = getattr(ctx, key)
-        if value is not None and value != "imagenet" and not Path(value).expanduser().is_absolute():
-            setattr(ctx, key, str(Path(value).expanduser().resolve()))
+        if value is not None and value != "imagenet":
+            setattr(ctx, key, absolute(value))
 
 
 def _check_data_here(cfg: ExperimentConfig) -> None:
@@ -151,7 +193,7 @@ def run_training(
     overrides: Optional[list[str]] = None,
 ) -> RunResult:
     """Train one configuration through Ray Train; return where it lives and its final metrics."""
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    uri = resolve_locations(cfg)
     saved: Optional[dict[str, Any]] = None
     if resume:
         run_dir = find_run(cfg, resume_name)
@@ -259,7 +301,10 @@ def make_trainer(cfg: ExperimentConfig, name: str, storage_path: Path, uri: str,
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}},
         scaling_config=ScalingConfig(
-            num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
+            num_workers=r.num_workers,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker=resources,
+            placement_strategy=r.placement_strategy,
         ),
         run_config=RunConfig(
             name=name,

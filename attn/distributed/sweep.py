@@ -33,12 +33,14 @@ from attn.distributed.driver import (
     _check_data_here,
     _ray_init,
     _slug,
+    cluster_capacity,
     experiment_dir,
     find_run,
+    resolve_locations,
 )
 from attn.distributed.trial import TRIAL_TAG, run_trial, trial_config
 from attn.errors import ConfigError, Interrupted
-from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
+from attn.tracking import end_run, ensure_experiment, reopen_run, start_run
 
 TUNE_DIR = "tune"
 
@@ -96,7 +98,7 @@ def concurrency(cfg: ExperimentConfig, total: dict[str, float]) -> int:
         raise ConfigError(
             f"sweep: one trial needs {need_cpu:g} CPUs (sweep.trial_driver_cpus {sw.trial_driver_cpus:g} + "
             f"{r.num_workers} worker(s) x ray.cpus_per_worker {r.cpus_per_worker:g}) and {need_gpu:g} GPUs, but "
-            f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; lower ray.num_workers, "
+            f"the cluster holds at most {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; lower ray.num_workers, "
             "ray.cpus_per_worker or ray.gpus_per_worker"
         )
     if sw.max_concurrent_trials is not None:
@@ -167,7 +169,7 @@ def run_sweep(
     overrides: Optional[list[str]] = None,
 ) -> SweepResult:
     """Run (or continue) the sweep of ``cfg``; return its summary rows and the best trial."""
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    uri = resolve_locations(cfg)
     saved: Optional[dict[str, Any]] = None
     if resume:
         sweep_dir = find_run(cfg, resume_name)
@@ -190,9 +192,7 @@ def run_sweep(
     # Tune stops gracefully on SIGINT (saving its state for --resume); make SIGTERM do the same.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        import ray
-
-        limit = concurrency(cfg, ray.cluster_resources())
+        limit = concurrency(cfg, cluster_capacity())
         exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
         if saved is not None:
             parent = saved["parent_run_id"]

@@ -66,6 +66,17 @@ def _quiet(line: str) -> None:
     pass
 
 
+def _worker_nodes(world: int) -> list[str]:
+    """``ip/node-id`` of every rank, gathered over the process group (rank order): where the run
+    actually trained, e.g. to see that a SPREAD placement put its workers on different nodes."""
+    here = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    if world == 1:
+        return [here]
+    nodes: list[Any] = [None] * world
+    torch.distributed.all_gather_object(nodes, here)
+    return [str(n) for n in nodes]
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: ``loop_config`` = {"config": ..., "mlflow": {...}}."""
     cfg = ExperimentConfig.model_validate(loop_config["config"])
@@ -82,6 +93,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         from attn.tracking import MlflowTracker
 
         tracker = MlflowTracker(ml["uri"], ml["run_id"])
+    nodes = _worker_nodes(world)
+    if rank == 0:
+        _log(f"workers (rank: ip/node): {', '.join(f'{i}: {n}' for i, n in enumerate(nodes))}")
+        if ml:
+            tracker.set_tag("ray.worker_nodes", ",".join(nodes))
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         # prepare_model moves to the worker's device and wraps in DDP when world > 1.

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# One node of an attn cluster; `ray up` runs this through cluster.yaml / cluster.local.yaml.
+#
+#   node.sh setup --shared DIR [--venv DIR | --python PATH]    every node, as a setup command
+#       Installs attn from the synced tree (~/attn) with the pinned versions of constraints.txt into
+#       --venv (default ~/attn-venv; skipped when pyproject.toml and the pins are unchanged), or uses an
+#       existing environment (--python, e.g. a shared conda env on-premises). Writes ~/.attn/cluster.env,
+#       sourced from ~/.bashrc (Ray runs every command through it): PATH, the shared folder, where runs
+#       and data live (ATTN_STORAGE_PATH, ATTN_DATA_ROOT) and Ray token authentication.
+#   node.sh head [--ip IP] [--port 5000] [--backend-store-uri URI]    the head, before `ray start --head`
+#       Creates the cluster's Ray token on the shared folder (once) and (re)starts the MLflow server:
+#       store sqlite on the shared folder (or URI, e.g. postgresql://... on RDS), artifacts on the shared
+#       folder. Adds MLFLOW_TRACKING_URI=http://IP:PORT to cluster.env, so runs submitted to the cluster
+#       track there. IP: the head's private address (default: the first of `hostname -I`).
+#   node.sh stop-mlflow                                          the head: stop that MLflow server
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="$(cd "$here/../.." && pwd)"
+envdir="$HOME/.attn"
+envfile="$envdir/cluster.env"
+
+die() { echo "node.sh: $*" >&2; exit 2; }
+
+setup() {
+    local shared="" venv="$HOME/attn-venv" python=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --shared) shared="${2:?}"; shift 2 ;;
+            --venv) venv="${2:?}"; shift 2 ;;
+            --python) python="${2:?}"; shift 2 ;;
+            *) die "setup: unknown option '$1' (valid: --shared DIR, --venv DIR, --python PATH)" ;;
+        esac
+    done
+    [ -n "$shared" ] || die "setup: --shared DIR is required (the folder every node mounts at the same path)"
+    mkdir -p "$shared" 2>/dev/null || true
+    [ -d "$shared" ] && [ -w "$shared" ] || die "setup: --shared $shared is not a writable folder on $(hostname); mount the shared storage first"
+    if [ -z "$python" ]; then
+        local stamp
+        stamp="$venv/.attn-installed-$(cat "$src/pyproject.toml" "$here/constraints.txt" | sha256sum | cut -c1-16)"
+        if [ ! -e "$stamp" ]; then
+            [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+            "$venv/bin/python" -m pip install --quiet --upgrade pip
+            "$venv/bin/python" -m pip install --quiet -c "$here/constraints.txt" -e "$src"
+            touch "$stamp"
+        fi
+        python="$venv/bin/python"
+    fi
+    "$python" -c "import attn, ray" 2>/dev/null || die "setup: $python cannot import attn and ray; install attn there or leave out --python"
+    mkdir -p "$envdir" "$shared/runs" "$shared/data" "$shared/.ray"
+    chmod 700 "$shared/.ray"
+    # Keep what `node.sh head` added (the tracking URI) when setup runs again on an existing cluster.
+    local tracking=""
+    [ -f "$envfile" ] && tracking="$(grep '^export MLFLOW_TRACKING_URI=' "$envfile" || true)"
+    cat > "$envfile" <<ENV
+export PATH="$(dirname "$python"):\$PATH"
+export ATTN_SHARED="$shared"
+export ATTN_STORAGE_PATH="$shared/runs"
+export ATTN_DATA_ROOT="$shared"
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH="$shared/.ray/auth_token"
+export RAY_USAGE_STATS_ENABLED=0
+ENV
+    [ -z "$tracking" ] || echo "$tracking" >> "$envfile"
+    local line='[ -f "$HOME/.attn/cluster.env" ] && . "$HOME/.attn/cluster.env"'
+    touch "$HOME/.bashrc"
+    grep -qxF "$line" "$HOME/.bashrc" || echo "$line" >> "$HOME/.bashrc"
+    echo "node.sh: $(hostname) ready: $("$python" -c 'from importlib.metadata import version as v; print("attn", v("attn"), "ray", v("ray"))')"
+}
+
+load_env() {
+    [ -f "$envfile" ] || die "$envfile is missing: run 'node.sh setup --shared DIR' on this node first"
+    # shellcheck disable=SC1090
+    . "$envfile"
+}
+
+start_head() {
+    local ip="" port=5000 store=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --ip) ip="${2:?}"; shift 2 ;;
+            --port) port="${2:?}"; shift 2 ;;
+            --backend-store-uri) store="${2:?}"; shift 2 ;;
+            *) die "head: unknown option '$1' (valid: --ip IP, --port PORT, --backend-store-uri URI)" ;;
+        esac
+    done
+    load_env
+    [ -n "$ip" ] || ip="$(hostname -I | awk '{print $1}')"
+    [ -n "$store" ] || { mkdir -p "$ATTN_SHARED/mlflow"; store="sqlite:///$ATTN_SHARED/mlflow/mlflow.db"; }
+    if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then
+        (umask 077; python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH")
+    fi
+    stop_mlflow
+    mkdir -p "$ATTN_SHARED/mlartifacts"
+    # One server process writes the store. 0.0.0.0 so the workers (private network) and SSH tunnels
+    # (localhost) reach it; the firewall / security group keeps it off the internet, and the Host
+    # check below refuses every other name.
+    # Its own session (setsid), so that stop-mlflow ends the server and its web-server children together.
+    MLFLOW_DISABLE_TELEMETRY=true setsid mlflow server --backend-store-uri "$store" \
+        --artifacts-destination "$ATTN_SHARED/mlartifacts" --host 0.0.0.0 --port "$port" --workers 1 \
+        --allowed-hosts "$ip:$port,localhost:$port,127.0.0.1:$port" \
+        > "$envdir/mlflow.log" 2>&1 < /dev/null &
+    echo $! > "$envdir/mlflow.pid"
+    local i
+    for i in $(seq 1 120); do
+        if python -c "import urllib.request, sys; urllib.request.urlopen('http://$ip:$port/health', timeout=2)" 2>/dev/null; then
+            sed -i '/^export MLFLOW_TRACKING_URI=/d' "$envfile"
+            echo "export MLFLOW_TRACKING_URI=http://$ip:$port" >> "$envfile"
+            echo "node.sh: MLflow server at http://$ip:$port (store $store, artifacts $ATTN_SHARED/mlartifacts)"
+            return 0
+        fi
+        kill -0 "$(cat "$envdir/mlflow.pid")" 2>/dev/null || break
+        sleep 1
+    done
+    tail -n 20 "$envdir/mlflow.log" >&2
+    die "head: the MLflow server did not answer on http://$ip:$port/health; its log is $envdir/mlflow.log"
+}
+
+stop_mlflow() {
+    local pidfile="$envdir/mlflow.pid" pid
+    [ -f "$pidfile" ] || return 0
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+case "${1:-}" in
+    setup) shift; setup "$@" ;;
+    head) shift; start_head "$@" ;;
+    stop-mlflow) shift; stop_mlflow ;;
+    *) die "usage: node.sh setup --shared DIR [--venv DIR | --python PATH] | head [--ip IP] [--port P] [--backend-store-uri URI] | stop-mlflow" ;;
+esac

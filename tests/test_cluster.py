@@ -1,0 +1,338 @@
+"""Clusters: the cluster files against Ray's own schema, DDP across two real Ray nodes into an MLflow
+server, and `ray up` / `ray job submit` / `ray down` of cluster.local.yaml over SSH on loopback.
+
+Every process a test starts is stopped by that test, also when it fails (and conftest kills any
+survivor carrying the session marker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import MARKER, ROOT, _marked_pids
+from test_training import EXPERIMENT, SMALL, run_cli, running_ray_head, steps
+
+CLUSTER_FILES = ["cluster.yaml", "cluster.local.yaml"]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path):
+    """A real MLflow tracking server on loopback (SQLite store, proxied artifacts); yields its URI."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster files
+# ---------------------------------------------------------------------------------------------
+def validate(config: dict) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_cluster_files_pass_rays_schema(name):
+    text = (ROOT / name).read_text()
+    config = validate(yaml.safe_load(text))
+    # Secure by default: the dashboard / Jobs API only on the head's localhost, token auth on the
+    # nodes, no credentials in the file, the tracking server started on the head.
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "node.sh head" in head
+    assert "node.sh setup --shared" in " ".join(config["setup_commands"])
+    assert not any(word in text.lower() for word in ("aws_access_key", "aws_secret", "password", "auth_token:"))
+    assert ".venv" in config["rsync_exclude"] and config["file_mounts"] == {"~/attn": "."}
+    if config["provider"]["type"] == "aws":
+        # Only SSH is open to the outside: Ray's default rules, no extra inbound permissions.
+        assert "IpPermissions" not in config["provider"]["security_group"]
+        workers = config["available_node_types"]["gpu_worker"]
+        assert workers["min_workers"] == 0 and workers["max_workers"] >= 1
+        assert config["idle_timeout_minutes"] > 0
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.update(head_start_ray_command=c.pop("head_start_ray_commands")),  # misspelt key
+        lambda c: c["provider"].pop("type"),
+        lambda c: c.update(idle_timeout_minutes="soon"),
+    ],
+)
+def test_rays_validator_rejects_broken_cluster_files(edit):
+    for name in CLUSTER_FILES:
+        config = yaml.safe_load((ROOT / name).read_text())
+        edit(config)
+        with pytest.raises(Exception):
+            validate(config)
+
+
+def test_node_script_refuses_bad_use(tmp_path):
+    script = ROOT / "scripts" / "cluster" / "node.sh"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    for args, needle in [
+        (["setup"], "--shared DIR is required"),
+        (["setup", "--shared", str(tmp_path / "s"), "--bogus", "1"], "unknown option '--bogus'"),
+        (["setup", "--shared", str(tmp_path / "s"), "--python", "/bin/false"], "cannot import attn and ray"),
+        (["head"], "run 'node.sh setup --shared DIR' on this node first"),
+        (["launch"], "usage: node.sh"),
+    ]:
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# a real two-node cluster
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_across_two_nodes_with_shared_storage_and_mlflow_server(tmp_path):
+    """Two Ray nodes (1 CPU each) joined on loopback; two DDP workers, one per node (STRICT_SPREAD);
+    checkpoints in a shared storage folder; metrics, params and artifacts in an MLflow server."""
+    from mlflow.tracking import MlflowClient
+
+    shared = tmp_path / "shared"
+    with mlflow_server(tmp_path / "mlflow") as uri, running_ray_head(num_cpus=1, extra_nodes=(1,)) as address:
+        proc = run_cli(
+            tmp_path, str(EXPERIMENT), *SMALL, "train.epochs=2", f"ray.address={address}", "ray.num_workers=2",
+            "ray.cpus_per_worker=1", "ray.placement_strategy=STRICT_SPREAD", f"ray.storage_path={shared / 'runs'}",
+            f"tracking.tracking_uri={uri}",
+        )
+        assert proc.returncode == 0
+        assert "epoch 2/2" in proc.stdout and "img/s" in proc.stdout and "left" in proc.stdout
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("mnist_ram")
+        (run,) = client.search_runs([exp.experiment_id])
+        assert run.info.status == "FINISHED"
+        # The two ranks ran on two different nodes.
+        nodes = run.data.tags["ray.worker_nodes"].split(",")
+        assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
+
+        p = run.data.params
+        assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "3000"
+        assert p["ray.storage_path"] == str(shared / "runs") and p["tracking.tracking_uri"] == uri
+        assert steps(client, run.info.run_id, "val_error") == [0, 1]
+        assert steps(client, run.info.run_id, "train_loss") == [0, 1]
+        for key in ("lr", "images_per_s", "train_accuracy", "val_nll"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 2
+        m = run.data.metrics
+        assert m["test_error"] < 75.0  # chance is 90%: it learned something in 2 epochs on 3000 images
+        assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
+        assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
+
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
+        conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+        assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
+        local = client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+    state = torch.load(local, weights_only=True)
+    from attn.config import load_config
+    from attn.data.base import DataSpec
+    from attn.models import build_model
+
+    model = build_model(load_config(EXPERIMENT).model, DataSpec(1, 28, 28, 10, tuple("0123456789")))
+    model.load_state_dict(state)
+
+    # The run folder on the shared storage keeps the resolved config and Ray Train's checkpoints.
+    (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
+    saved = json.loads((run_dir / "attn_run.json").read_text())
+    assert saved["mlflow_run_id"] == run.info.run_id and saved["config"]["ray"]["num_workers"] == 2
+    assert list(run_dir.glob("checkpoint_*/state.pt"))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# ray up / job submit / ray down over SSH
+# ---------------------------------------------------------------------------------------------
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+@contextlib.contextmanager
+def loopback_sshd(root: Path, home: Path):
+    """sshd on a free loopback port that logs in with a key of its own and runs every command with
+    HOME=``home`` (the remote account the cluster sees), carrying the test session's marker."""
+    root.mkdir(parents=True)
+    home.mkdir(parents=True)
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    port = free_port()
+    wrapper = root / "login.sh"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f"export HOME={home} ATTN_TEST_SESSION={MARKER}\n"
+        'cd "$HOME"\n'
+        'if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"; fi\n'
+        "exec /bin/bash -l\n"
+    )
+    wrapper.chmod(0o755)
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {root / 'user_key.pub'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {root / 'sshd.pid'}\n"
+        f"ForceCommand {wrapper}\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    proc = subprocess.Popen([SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
+    try:
+        deadline = time.time() + 20
+        while True:
+            assert proc.poll() is None, (root / "sshd.log").read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.time() < deadline, "sshd did not listen"
+            time.sleep(0.1)
+        yield port, root / "user_key"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def ray_processes() -> list[str]:
+    """Ray's daemons among the processes carrying this test session's marker."""
+    found = []
+    for pid in _marked_pids():
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "raylet" in cmd or "gcs_server" in cmd:
+                found.append(cmd[:120])
+    return found
+
+
+@pytest.mark.slow
+def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
+    if not Path(SSHD).exists():
+        if os.environ.get("ATTN_REQUIRE_SSHD"):
+            pytest.fail(f"{SSHD} is missing: .ci/run installs Debian's openssh-server")
+        pytest.skip("needs sshd (apt-get install openssh-server); .ci/run installs it")
+    from mlflow.tracking import MlflowClient
+
+    home, client_home, shared = tmp_path / "node", tmp_path / "laptop", tmp_path / "shared"
+    client_home.mkdir()
+    ray_port, dash_port, mlflow_port = free_port(), free_port(), free_port()
+    with loopback_sshd(tmp_path / "sshd", home) as (ssh_port, key):
+        # cluster.local.yaml as a user fills it in for one machine; the node already has attn's
+        # environment (this one), so setup uses --python instead of building ~/attn-venv.
+        config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
+        config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+        config.update(min_workers=0, max_workers=0)
+        config["auth"] = {
+            "ssh_user": os.environ.get("USER") or "root",
+            "ssh_private_key": str(key),
+            "ssh_proxy_command": f"{sys.executable} {ROOT / 'tests' / 'tcp_relay.py'} 127.0.0.1 {ssh_port}",
+        }
+        config["setup_commands"] = [
+            c.replace("--shared /mnt/shared/attn", f"--shared {shared} --python {sys.executable}")
+            for c in config["setup_commands"]
+        ]
+        config["head_start_ray_commands"] = [
+            c.replace("node.sh head --port 5000", f"node.sh head --ip 127.0.0.1 --port {mlflow_port}")
+            .replace("--port=6379", f"--port={ray_port}").replace("--dashboard-port=8265", f"--dashboard-port={dash_port}")
+            for c in config["head_start_ray_commands"]
+        ]
+        cluster_file = tmp_path / "cluster.yaml"
+        cluster_file.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "HOME": str(client_home)}
+
+        def ray(*args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+            proc = subprocess.run(
+                [RAY, *args], cwd=ROOT, env={**env, **extra_env}, capture_output=True, text=True, timeout=timeout
+            )
+            assert proc.returncode == 0, f"ray {args[0]}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            return proc
+
+        try:
+            ray("up", "-y", "--no-config-cache", str(cluster_file))
+            env_file = (home / ".attn" / "cluster.env").read_text()
+            assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in env_file
+            token = ray("exec", str(cluster_file), 'cat "$RAY_AUTH_TOKEN_PATH"').stdout.strip().splitlines()[-1].strip()
+            assert len(token) == 64 and (shared / ".ray" / "auth_token").stat().st_mode & 0o077 == 0
+
+            # Token authentication is on: a submission without the token is refused.
+            refused = subprocess.run(
+                [RAY, "job", "list", "--address", f"http://127.0.0.1:{dash_port}"], cwd=ROOT,
+                env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True,
+                timeout=120,
+            )
+            assert refused.returncode != 0
+
+            job = ray(
+                "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", ".", "--",
+                "python", "run.py", "experiments/mnist_ram.yaml", "data.train_subset=1000", "data.eval_subset=200",
+                "eval.mc_samples=1", "train.epochs=1", "ray.cpus_per_worker=1",
+                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+            )
+            assert "done: mnist-ram" in job.stdout, job.stdout[-3000:]
+
+            # The run went to the head's MLflow server and its folder to the shared storage.
+            client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
+            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+            assert run.info.status == "FINISHED" and "test_error" in run.data.metrics
+            assert run.data.params["ray.storage_path"] == str(shared / "runs")
+            assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} >= {"checkpoint/best_model.pt"}
+            (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
+            assert list(run_dir.glob("checkpoint_*/state.pt"))
+            assert (shared / "mlartifacts").is_dir() and (shared / "mlflow" / "mlflow.db").is_file()
+
+            ray("down", "-y", str(cluster_file))
+            deadline = time.time() + 30
+            while ray_processes() and time.time() < deadline:
+                time.sleep(0.5)
+            assert not ray_processes(), "ray down left Ray running"
+        finally:
+            subprocess.run([RAY, "down", "-y", str(cluster_file)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+            subprocess.run(
+                ["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "stop-mlflow"],
+                env={**os.environ, "HOME": str(home)}, capture_output=True, timeout=60,
+            )
