@@ -33,7 +33,7 @@ from attn.config import load_config
 from attn.data.base import IGNORE_INDEX, DataSpec
 from attn.engine.optim import build_optimizer
 from attn.errors import AttnError
-from attn.engine.loop import label_slots
+from attn.engine.loop import NonFiniteGuard, guarded_step, label_slots
 from attn.losses import episode_loss
 from attn.models import build_model
 from attn.runtime import configure_torch
@@ -68,11 +68,13 @@ def _training_rate(
     images, labels = images.to(device), labels.to(device)
     slots = label_slots(labels)
 
-    def step() -> None:
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+
+    def step() -> None:  # the training step of train_epoch, without the data loader
         optimizer.zero_grad(set_to_none=True)
         terms = episode_loss(forward(images, **slots), labels, cfg.train.rl_coef, end_token)
         terms.total.backward()
-        optimizer.step()
+        guarded_step(model, optimizer, guard, cfg.train.grad_clip)
 
     for _ in range(max(steps // 10, 3)):
         step()

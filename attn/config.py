@@ -454,6 +454,12 @@ class TrainConfig(Section):
     )
     rl_coef: float = Field(0.01, ge=0.0, description="lambda: weight of the REINFORCE term.")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the global gradient norm.")
+    max_nonfinite_steps: int = Field(
+        20,
+        ge=1,
+        description="A step whose loss or gradient is NaN/inf is skipped (and counted in train_nonfinite_steps); "
+        "this many in a row stop the run, keeping its last good checkpoint.",
+    )
     seed: int = Field(1, ge=0, description="Base seed; worker r uses seed + r.")
 
 
@@ -618,6 +624,12 @@ class TrackingConfig(Section):
     run_name: Optional[str] = Field(None, description="None: <task>-<model>-<core>-<timestamp>.")
     artifact_location: Optional[str] = Field(
         None, description="Artifact root of a new experiment. None: <cwd>/mlartifacts (file stores only)."
+    )
+    retry_timeout_s: float = Field(
+        600.0,
+        ge=0.0,
+        description="If the MLflow server goes away during a run, writes are buffered and retried; at the end "
+        "of the run wait this long for it before failing (the results stay in the run's checkpoints).",
     )
 
 

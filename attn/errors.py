@@ -28,6 +28,10 @@ class TrackingError(AttnError):
     """The MLflow tracking store cannot be reached or used."""
 
 
+class TrainingDiverged(AttnError):
+    """Too many training steps in a row had a non-finite loss or gradient."""
+
+
 class Interrupted(AttnError):
     """The run was stopped (Ctrl-C, SIGTERM) before it finished; its last checkpoint is kept."""
 

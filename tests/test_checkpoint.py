@@ -54,10 +54,29 @@ def test_resume_check_stops_only_when_no_checkpoint_loads(tmp_path):
     state = {"model": {"w": torch.ones(2)}, "epoch": 0}
     old = save_checkpoint(tmp_path / "checkpoint_2026-01-01_00-00-00.000001", state, {"w": torch.ones(2)}, "x: 1\n")
     new = save_checkpoint(tmp_path / "checkpoint_2026-01-01_00-00-05.000001", state, {"w": torch.ones(2)}, "x: 1\n")
-    _check_latest_checkpoint(tmp_path)
+    _check_latest_checkpoint(tmp_path, "x: 1\n")
     (new / STATE_FILE).write_bytes(b"\x00garbage")
-    _check_latest_checkpoint(tmp_path)
+    _check_latest_checkpoint(tmp_path, "x: 1\n")
     (old / STATE_FILE).write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="00-00-05.000001/state.pt: unreadable checkpoint"):
-        _check_latest_checkpoint(tmp_path)
-    _check_latest_checkpoint(tmp_path / "no-such-run")  # nothing to check: Ray Train starts fresh
+        _check_latest_checkpoint(tmp_path, "x: 1\n")
+    _check_latest_checkpoint(tmp_path / "no-such-run", "x: 1\n")  # nothing to check: Ray Train starts fresh
+
+
+def test_checkpoint_of_another_architecture_is_refused_naming_the_keys(tmp_path):
+    """Training keys may change on resume; model keys and the task may not (the weights would not fit,
+    or would silently mean something else)."""
+    from attn.config import dump_config, load_config
+    from test_training import EXPERIMENT
+
+    cfg = load_config(EXPERIMENT)
+    state = {"model": {"w": torch.ones(2)}, "epoch": 0}
+    d = save_checkpoint(tmp_path / "c", state, {"w": torch.ones(2)}, dump_config(cfg))
+    more = load_config(EXPERIMENT, ["train.epochs=500", "train.lr=0.01"])
+    load_checkpoint(d, expected_config=dump_config(more))  # accepted
+    other = load_config(EXPERIMENT, ["model.core.kind=lstm", "model.hidden_size=128"])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(d, expected_config=dump_config(other))
+    msg = str(err.value)
+    assert "model.core.kind (checkpoint 'rnn', now 'lstm')" in msg and "model.hidden_size (checkpoint 256, now 128)" in msg
+    assert "train." not in msg

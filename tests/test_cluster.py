@@ -1,5 +1,6 @@
 """Clusters: the cluster files against Ray's own schema, DDP across two real Ray nodes into an MLflow
-server, and `ray up` / `ray job submit` / `ray down` of cluster.local.yaml over SSH on loopback.
+server (surviving a killed worker and an MLflow outage), and `ray up` / `ray job submit` / `ray down`
+of cluster.local.yaml over SSH on loopback.
 
 Every process a test starts is stopped by that test, also when it fails (and conftest kills any
 survivor carrying the session marker).
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from conftest import MARKER, ROOT, _marked_pids
-from test_training import EXPERIMENT, SMALL, run_cli, running_ray_head, steps
+from test_training import EXPERIMENT, SMALL, background_run, running_ray_head, steps
 
 CLUSTER_FILES = ["cluster.yaml", "cluster.local.yaml"]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -50,9 +51,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path):
+def mlflow_server(root: Path, port: int | None = None):
     """A real MLflow tracking server on loopback (SQLite store, proxied artifacts); yields its URI."""
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -135,47 +136,88 @@ def test_node_script_refuses_bad_use(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # a real two-node cluster
 # ---------------------------------------------------------------------------------------------
+def marked_processes(*needles: str) -> list[int]:
+    """PIDs among the processes carrying this test session's marker whose command line holds a needle."""
+    found = []
+    for pid in _marked_pids():
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if any(n in cmd for n in needles):
+                found.append(pid)
+    return found
+
+
 @pytest.mark.slow
-def test_ddp_across_two_nodes_with_shared_storage_and_mlflow_server(tmp_path):
+def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_path):
     """Two Ray nodes (1 CPU each) joined on loopback; two DDP workers, one per node (STRICT_SPREAD);
-    checkpoints in a shared storage folder; metrics, params and artifacts in an MLflow server."""
+    checkpoints in a shared storage folder; params, curves and artifacts in an MLflow server on
+    loopback. Mid-run the server stops; while it is down one worker process is killed (Ray Train
+    restarts the worker group from the latest checkpoint, and rank 0's buffered metrics die with
+    it); then the server starts again. The run finishes and every epoch is in MLflow exactly once."""
     from mlflow.tracking import MlflowClient
 
-    shared = tmp_path / "shared"
-    with mlflow_server(tmp_path / "mlflow") as uri, running_ray_head(num_cpus=1, extra_nodes=(1,)) as address:
-        proc = run_cli(
-            tmp_path, str(EXPERIMENT), *SMALL, "train.epochs=2", f"ray.address={address}", "ray.num_workers=2",
-            "ray.cpus_per_worker=1", "ray.placement_strategy=STRICT_SPREAD", f"ray.storage_path={shared / 'runs'}",
-            f"tracking.tracking_uri={uri}",
-        )
-        assert proc.returncode == 0
-        assert "epoch 2/2" in proc.stdout and "img/s" in proc.stdout and "left" in proc.stdout
+    epochs, port, shared = 8, free_port(), tmp_path / "shared"
 
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name("mnist_ram")
-        (run,) = client.search_runs([exp.experiment_id])
-        assert run.info.status == "FINISHED"
-        # The two ranks ran on two different nodes.
-        nodes = run.data.tags["ray.worker_nodes"].split(",")
-        assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
+    def checkpoints() -> set[str]:
+        return {p.name for p in shared.glob("runs/mnist_ram/*/checkpoint_*")}
 
-        p = run.data.params
-        assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "3000"
-        assert p["ray.storage_path"] == str(shared / "runs") and p["tracking.tracking_uri"] == uri
-        assert steps(client, run.info.run_id, "val_error") == [0, 1]
-        assert steps(client, run.info.run_id, "train_loss") == [0, 1]
-        for key in ("lr", "images_per_s", "train_accuracy", "val_nll"):
-            assert len(client.get_metric_history(run.info.run_id, key)) == 2
-        m = run.data.metrics
-        assert m["test_error"] < 75.0  # chance is 90%: it learned something in 2 epochs on 3000 images
-        assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
-        assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
+    server = mlflow_server(tmp_path / "mlflow", port=port)
+    uri = server.__enter__()
+    try:
+        with running_ray_head(num_cpus=1, extra_nodes=(1,)) as address:
+            with background_run(
+                tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
+                f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
+                "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=1", f"ray.storage_path={shared / 'runs'}",
+                f"tracking.tracking_uri={uri}",
+            ) as driver:
+                deadline = time.time() + 300
+                while time.time() < deadline and len(checkpoints()) < 2:  # the first is surely registered
+                    time.sleep(0.1)
+                server.__exit__(None, None, None)
+                server = None
+                seen = checkpoints()
+                while time.time() < deadline and not checkpoints() - seen:
+                    time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
+                workers = marked_processes("RayTrainWorker")
+                assert len(workers) == 2, workers
+                os.kill(workers[-1], signal.SIGKILL)
+                time.sleep(3)
+                server = mlflow_server(tmp_path / "mlflow", port=port)
+                server.__enter__()
+                out, _ = driver.communicate(timeout=400)
+            # Read back while the cluster's processes (the MLflow server among them) still run.
+            assert driver.returncode == 0, out[-4000:]
+            assert "is unreachable" in out and "resuming from" in out, out[-4000:]
+            assert f"epoch {epochs}/{epochs}" in out and "img/s" in out and "left" in out
 
-        arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-        assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
-        conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
-        assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
-        local = client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+            client = MlflowClient(tracking_uri=uri)
+            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+            assert run.info.status == "FINISHED"
+            # The two ranks ran on two different nodes.
+            nodes = run.data.tags["ray.worker_nodes"].split(",")
+            assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
+
+            p = run.data.params
+            assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "6000"
+            assert p["ray.storage_path"] == str(shared / "runs") and p["tracking.tracking_uri"] == uri
+            # Every epoch exactly once, whatever was re-run or lost in the buffer.
+            for key in ("val_error", "train_loss", "lr", "best_val_error", "images_per_s", "train_accuracy",
+                        "val_nll", "train_nonfinite_steps"):
+                assert sorted(steps(client, run.info.run_id, key)) == list(range(epochs)), key
+            m = run.data.metrics
+            assert m["test_error"] < 60.0  # chance is 90%: it learned something in 8 epochs on 6000 images
+            assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
+            assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
+
+            arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+            assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
+            conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+            assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
+            local = client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
     state = torch.load(local, weights_only=True)
     from attn.config import load_config
     from attn.data.base import DataSpec
@@ -239,15 +281,9 @@ def loopback_sshd(root: Path, home: Path):
         proc.wait(timeout=20)
 
 
-def ray_processes() -> list[str]:
+def ray_processes() -> list[int]:
     """Ray's daemons among the processes carrying this test session's marker."""
-    found = []
-    for pid in _marked_pids():
-        with contextlib.suppress(OSError):
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "raylet" in cmd or "gcs_server" in cmd:
-                found.append(cmd[:120])
-    return found
+    return marked_processes("raylet", "gcs_server")
 
 
 @pytest.mark.slow

@@ -164,7 +164,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
             if " finished" in line and line.startswith("sweep: trial "):
                 done_before.append(line.split()[2])
                 if len(done_before) == 1:
-                    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C after the first trial finished
+                    os.kill(proc.pid, signal.SIGTERM)  # as a scheduler or `kill` stops it, after one trial finished
             if time.time() > deadline:
                 break
         proc.wait(timeout=120)

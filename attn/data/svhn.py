@@ -400,15 +400,22 @@ def read_digit_struct(path: str | Path, *, direct: bool = True) -> DigitStruct:
     note) for an h5py parse of the whole file, so a file the direct reader misreads costs time, never
     wrong labels.
     """
-    ds, used_direct = _read_digit_struct(Path(path), direct)
-    if used_direct and not _agrees_with_h5py(Path(path), ds):
-        print(
-            f"svhn: {path}: the fast digitStruct reader disagreed with h5py on a sample of records; "
-            "parsing the whole file with h5py instead (slower)",
-            file=sys.stderr,
-            flush=True,
-        )
-        ds, _ = _read_digit_struct(Path(path), False)
+    try:
+        ds, used_direct = _read_digit_struct(Path(path), direct)
+        if used_direct and not _agrees_with_h5py(Path(path), ds):
+            print(
+                f"svhn: {path}: the fast digitStruct reader disagreed with h5py on a sample of records; "
+                "parsing the whole file with h5py instead (slower)",
+                file=sys.stderr,
+                flush=True,
+            )
+            ds, _ = _read_digit_struct(Path(path), False)
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+        # h5py meets damage deep inside the file (object headers, heaps) with many exception types.
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: damaged HDF5 inside ({first}); fetch digitStruct.mat again") from None
     return ds
 
 

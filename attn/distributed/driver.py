@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from attn.config import ExperimentConfig, apply_overrides, check_storage_folder, validate_config
+from attn.config import ExperimentConfig, apply_overrides, check_storage_folder, dump_config, validate_config
 from attn.data import check_data
 from attn.errors import AttnError, CheckpointError, ConfigError, Interrupted
-from attn.tracking import end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
+from attn.tracking import check_reachable, end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
 
 RUN_FILE = "attn_run.json"
 
@@ -58,6 +58,21 @@ def storage_root(cfg: ExperimentConfig) -> Path:
         except ValueError as exc:
             raise ConfigError(f"ATTN_STORAGE_PATH: {exc}") from None
     return Path(value or "runs").expanduser().resolve()
+
+
+def check_writable(folder: Path) -> None:
+    """The storage folder must be creatable and writable (a read-only mount, a file in the way or a
+    missing permission fails here, in one line, not at the first checkpoint). Creates nothing."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        reason = f"{probe} is not a folder"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        reason = f"{probe} is not writable"
+    else:
+        return
+    raise ConfigError(f"ray.storage_path: cannot write to {folder} ({reason}); give a writable folder")
 
 
 def resolve_locations(cfg: ExperimentConfig) -> str:
@@ -213,9 +228,11 @@ def run_training(
             )
     _absolute_data_paths(cfg)
     # Everything that can be checked is checked before an MLflow run is opened or changed.
+    check_writable(run_dir.parent)
+    check_reachable(uri)
     _check_data_here(cfg)
     if saved is not None:
-        _check_latest_checkpoint(run_dir)
+        _check_latest_checkpoint(run_dir, dump_config(cfg))
     started_ray = _ray_init(cfg)
     run_id: Optional[str] = None
     status = "FAILED"
@@ -252,7 +269,7 @@ def run_training(
             ray.shutdown()
 
 
-def _check_latest_checkpoint(run_dir: Path) -> None:
+def _check_latest_checkpoint(run_dir: Path, config_yaml: str) -> None:
     """Before resuming: when the run has checkpoints and none of them loads, stop here in one line
     (naming the newest) instead of inside a worker after Ray has started. Which readable checkpoint
     to continue from stays Ray Train's choice (its newest registered one)."""
@@ -263,7 +280,7 @@ def _check_latest_checkpoint(run_dir: Path) -> None:
     first_error: Optional[CheckpointError] = None
     for path in checkpoints:
         try:
-            load_checkpoint(path)
+            load_checkpoint(path, expected_config=config_yaml)
             return
         except CheckpointError as exc:
             first_error = first_error or exc

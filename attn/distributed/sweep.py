@@ -33,6 +33,7 @@ from attn.distributed.driver import (
     _check_data_here,
     _ray_init,
     _slug,
+    check_writable,
     cluster_capacity,
     experiment_dir,
     find_run,
@@ -40,7 +41,7 @@ from attn.distributed.driver import (
 )
 from attn.distributed.trial import TRIAL_TAG, run_trial, trial_config
 from attn.errors import ConfigError, Interrupted
-from attn.tracking import end_run, ensure_experiment, reopen_run, start_run
+from attn.tracking import check_reachable, end_run, ensure_experiment, reopen_run, start_run
 
 TUNE_DIR = "tune"
 
@@ -184,6 +185,8 @@ def run_sweep(
         if (sweep_dir / RUN_FILE).exists():
             raise ConfigError(f"tracking.run_name={name}: a sweep of that name exists; pick another or pass --resume")
     _absolute_data_paths(cfg)
+    check_writable(sweep_dir.parent)
+    check_reachable(uri)
     _check_data_here(cfg)
     started_ray = _ray_init(cfg)
     parent: Optional[str] = None

@@ -92,7 +92,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0 and ml:
         from attn.tracking import MlflowTracker
 
-        tracker = MlflowTracker(ml["uri"], ml["run_id"])
+        tracker = MlflowTracker(ml["uri"], ml["run_id"], retry_timeout_s=cfg.tracking.retry_timeout_s, log=_log)
     nodes = _worker_nodes(world)
     if rank == 0:
         _log(f"workers (rank: ip/node): {', '.join(f'{i}: {n}' for i, n in enumerate(nodes))}")

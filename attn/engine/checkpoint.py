@@ -60,10 +60,42 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, best_model) from a checkpoint directory written by :func:`save_checkpoint`."""
+def architecture_differences(saved_yaml: str, current_yaml: str) -> list[str]:
+    """The keys that decide the weights' shapes (``model.*`` and ``data.task``) whose values differ,
+    as ``key (checkpoint A, now B)``. Training keys (epochs, lr, ...) may change on resume."""
+    import yaml
+
+    from attn.config import flatten
+
+    def shape_keys(text: str) -> dict[str, Any]:
+        flat = flatten(yaml.safe_load(text) or {})
+        return {k: v for k, v in flat.items() if k.startswith("model.") or k == "data.task"}
+
+    before, now = shape_keys(saved_yaml), shape_keys(current_yaml)
+    return [
+        f"{k} (checkpoint {before.get(k)!r}, now {now.get(k)!r})"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    ]
+
+
+def load_checkpoint(directory: str | Path, expected_config: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, best_model) from a checkpoint directory written by :func:`save_checkpoint`.
+
+    With ``expected_config`` (the YAML of the run about to continue), a checkpoint written under
+    another architecture is refused, naming the keys that differ."""
     d = Path(directory)
     state = load_file(d / STATE_FILE)
     if state.get("format") != FORMAT_VERSION or "model" not in state:
         raise CheckpointError(f"{d / STATE_FILE}: not an attn checkpoint of format {FORMAT_VERSION}")
+    if expected_config is not None and (d / CONFIG_FILE).is_file():
+        try:
+            differ = architecture_differences((d / CONFIG_FILE).read_text(), expected_config)
+        except Exception as exc:  # noqa: BLE001 - a damaged config.yaml
+            raise CheckpointError(f"{d / CONFIG_FILE}: unreadable ({str(exc).splitlines()[0][:200]})") from None
+        if differ:
+            raise CheckpointError(
+                f"{d}: checkpoint of another model config: {'; '.join(differ[:6])}"
+                f"{' ...' if len(differ) > 6 else ''}; continue it with its own config or start a new run"
+            )
     return state, load_file(d / BEST_FILE)

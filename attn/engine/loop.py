@@ -1,8 +1,9 @@
 """One training epoch and one evaluation pass, shared by every task and model.
 
 Metrics are accumulated as sums in device tensors and reduced over DDP ranks once at the end of the
-pass, so the printed numbers cover the whole split, not rank 0's shard. The only host sync per batch
-is reading a sequence batch's longest label (how many slots to run).
+pass, so the printed numbers cover the whole split, not rank 0's shard. Host syncs per batch: a
+sequence batch's longest label (how many slots to run), and whether the gradient norm is finite
+(whether to take the step).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn.data.base import IGNORE_INDEX, BatchLoader, TaskData
+from attn.errors import TrainingDiverged
 from attn.losses import episode_loss, sequence_outcome
 
 
@@ -34,6 +36,54 @@ def label_slots(labels: torch.Tensor) -> dict:
     return {"num_slots": max(int((labels >= 0).sum(dim=1).max()), 1)}
 
 
+class NonFiniteGuard:
+    """Skips steps whose gradient norm is NaN/inf and stops after ``limit`` of them in a row.
+
+    The norm is taken after DDP has averaged the gradients, so every rank sees the same value and
+    skips the same steps (the replicas stay identical); a non-finite loss gives a non-finite gradient.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def step_ok(self, grad_norm: torch.Tensor) -> bool:
+        if bool(torch.isfinite(grad_norm)):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.limit:
+            raise TrainingDiverged(
+                f"{self.in_a_row} training steps in a row had a non-finite loss or gradient "
+                f"(train.max_nonfinite_steps = {self.limit}); the last good checkpoint is kept: lower train.lr, "
+                "set train.grad_clip, then continue with --resume"
+            )
+        return False
+
+
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def guarded_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, grad_clip: Optional[float] = None
+) -> bool:
+    """After ``backward()``: clip (if asked), then take the optimizer step unless the gradient norm is
+    NaN/inf (then drop the gradients). True if the step was taken."""
+    if grad_clip is not None:
+        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = _grad_norm(model)
+    if not guard.step_ok(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
 # Per-pass sums, in this order.
 _TRAIN_SUMS = ("loss", "nll", "baseline_mse", "reinforce", "correct", "reward", "glimpses", "tokens_correct", "tokens")
 
@@ -47,14 +97,18 @@ def train_epoch(
     rl_coef: float,
     device: torch.device,
     grad_clip: Optional[float] = None,
+    nonfinite: Optional[NonFiniteGuard] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
 
     accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
     tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the
-    glimpses that counted (DRAM stops counting at a sequence's first mistake).
+    glimpses that counted (DRAM stops counting at a sequence's first mistake); nonfinite_steps: steps
+    skipped because their loss or gradient was NaN/inf (they count in no other metric).
     """
+    guard = nonfinite or NonFiniteGuard(limit=2**62)
+    skipped_before = guard.skipped
     model.train()
     end_token = data.spec.end_token
     sums = torch.zeros(len(_TRAIN_SUMS) + 1, dtype=torch.float64, device=device)  # + image count
@@ -66,9 +120,8 @@ def train_epoch(
         terms = episode_loss(model(x, **label_slots(y)), y, rl_coef, end_token)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        if not guarded_step(model, optimizer, guard, grad_clip):
+            continue
         b = y.shape[0]
         with torch.no_grad():
             sums += torch.stack(
@@ -100,6 +153,7 @@ def train_epoch(
         images_per_s=count / elapsed if elapsed > 0 else math.nan,
         epoch_time_s=elapsed,
         workers=world,
+        nonfinite_steps=float(guard.skipped - skipped_before),
     )
     if end_token is not None:
         out.update(

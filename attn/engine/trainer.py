@@ -23,7 +23,7 @@ from torch import nn
 from attn.config import ExperimentConfig, dump_config
 from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
-from attn.engine.loop import evaluate, train_epoch
+from attn.engine.loop import NonFiniteGuard, evaluate, train_epoch
 from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
 from attn.errors import CheckpointError
 from attn.models import build_model
@@ -42,12 +42,25 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None: ...
 
+    def sync(self, history: list[dict[str, float]]) -> None:
+        """When a worker group starts: the epochs so far (from the checkpoint), so that the tracker
+        ends up with each epoch exactly once however often the workers were restarted."""
+
+    def close(self) -> None:
+        """Deliver anything still buffered."""
+
 
 class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
+        pass
+
+    def sync(self, history: list[dict[str, float]]) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -95,9 +108,12 @@ def fit(
 
     start_epoch, best_error, best_epoch, early_stopped = 0, math.inf, -1, False
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
+    # Every epoch's logged metrics, kept in the checkpoint: after a restart the tracker gets each
+    # epoch exactly once (those it lost are sent again, those it has are not).
+    history: list[dict[str, float]] = []
     resume_dir = reporter.latest_checkpoint()
     if resume_dir is not None:
-        state, best_state = load_checkpoint(resume_dir)
+        state, best_state = load_checkpoint(resume_dir, expected_config=config_yaml)
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -108,11 +124,16 @@ def fit(
                 f"{resume_dir}: checkpoint does not fit this config ({str(exc).splitlines()[0][:200]})"
             ) from None
         start_epoch, best_error, best_epoch = state["epoch"] + 1, state["best_error"], state["best_epoch"]
+        history = list(state.get("history", []))
         # A finished run resumed with more epochs (train.epochs=N on --resume) trains on, unless it
         # had stopped early.
         early_stopped = bool(state.get("early_stopped"))
         if is_chief:
             log(f"resuming from {resume_dir}: epoch {start_epoch}, best val error {best_error:.2f}%")
+    if is_chief:
+        # Also without a checkpoint: a worker group restarted before its first one re-runs epochs
+        # the run may already hold.
+        tracker.sync(history)
 
     train_model = wrap_model(model)
     train_loader = BatchLoader(
@@ -143,11 +164,13 @@ def fit(
                     "best_error": best_error,
                     "best_epoch": best_epoch,
                     "early_stopped": early_stopped,
+                    "history": history,
                 }
                 ckpt_dir = str(save_checkpoint(tmp, state, best_state, config_yaml))
             reporter.report(metrics, ckpt_dir)
 
     epoch = start_epoch - 1
+    nonfinite = NonFiniteGuard(tc.max_nonfinite_steps)
     last_metrics: dict[str, float] = {}
     epoch_times: list[float] = []
     if not early_stopped:
@@ -156,7 +179,8 @@ def fit(
             torch.manual_seed(_epoch_seed(tc.seed, epoch, info.rank))
             train_loader.set_epoch(epoch)
             tm = train_epoch(
-                train_model, train_loader, data, optimizer, rl_coef=tc.rl_coef, device=info.device, grad_clip=tc.grad_clip
+                train_model, train_loader, data, optimizer, rl_coef=tc.rl_coef, device=info.device,
+                grad_clip=tc.grad_clip, nonfinite=nonfinite,
             )
             vm = evaluate(model, val_loader, data, device=info.device, policy="mean", seed=cfg.eval.seed)
             lr = optimizer.param_groups[0]["lr"]
@@ -175,6 +199,7 @@ def fit(
                 epoch_time_s=epoch_times[-1],
             )
             last_metrics = metrics
+            history.append({k: float(v) for k, v in metrics.items()})
             stop = epoch - best_epoch > tc.patience
             if is_chief:
                 tracker.log_metrics(metrics, step=epoch)
@@ -214,7 +239,9 @@ def fit(
             final[f"test_{k}"] = t_mean[k]
             final[f"test_{k}_mc"] = t_mc[k]
     if is_chief:
-        tracker.log_metrics({k: v for k, v in final.items() if k != "epoch"}, step=final["epoch"])
+        # best_val_error is already a curve (every epoch); logging it again would repeat the last step.
+        once = {"epoch", "best_val_error"} if history else {"epoch"}
+        tracker.log_metrics({k: v for k, v in final.items() if k not in once}, step=final["epoch"])
         what = "sequence error" if data.spec.is_sequence else "error"
         log(
             f"test {what} (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
@@ -227,6 +254,7 @@ def fit(
             (Path(tmp) / "config.yaml").write_text(config_yaml)
             tracker.log_artifact(str(path), "checkpoint")
             tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
+        tracker.close()
     sys.stdout.flush()
     # The final report comes last (a sweep may stop the trial as soon as it arrives) and repeats the
     # last epoch's curves, so that every per-epoch metric is also in the final result.
