@@ -1,9 +1,15 @@
-"""Reliability: non-finite steps, a flaky MLflow server, a killed worker, exactly-once curves."""
+"""Reliability: non-finite steps, a flaky MLflow server, an unreachable one, a full disk.
+
+A killed worker during an MLflow outage is in test_cluster.py (on a two-node cluster).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -127,3 +133,37 @@ def test_unreachable_server_at_start_is_one_line_before_any_work(tmp_path):
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: cannot reach the MLflow server at http://127.0.0.1:") and "tracking.tracking_uri" in last
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_run_in_one_line_and_keeps_its_checkpoint(tmp_path):
+    """The storage folder on a 6 MB tmpfs: the first checkpoint fits, a later one does not. The run
+    fails with one line (naming the cause and --resume), marked FAILED in MLflow, and the checkpoint
+    that was written stays loadable."""
+    from mlflow.tracking import MlflowClient
+
+    from attn.engine.checkpoint import load_checkpoint
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        proc = run_cli(tmp_path, str(EXPERIMENT), "data.train_subset=1000", "data.eval_subset=200", "eval.mc_samples=1",
+                       "train.epochs=4", f"ray.storage_path={disk}")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert lines[-1].startswith("error: run ") and "No space left on device" in lines[-1], lines[-1]
+        assert "--resume" in lines[-1]
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+        assert run.info.status == "FAILED"
+        kept = [d for d in disk.glob("mnist_ram/*/checkpoint_*") if (d / "state.pt").is_file()]
+        assert kept
+        state, _ = load_checkpoint(sorted(kept)[0])
+        assert state["epoch"] >= 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
