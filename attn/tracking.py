@@ -175,6 +175,14 @@ def end_run(uri: str, run_id: str, status: str, attempts: int = 4) -> None:
             time.sleep(2.0 * 2**attempt)
 
 
+def _metric_batch(metrics: dict[str, Any], step: int) -> list:
+    """The numeric entries of ``metrics`` as MLflow ``Metric`` objects at ``step``."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+
+
 class MlflowTracker:
     """Logs into an existing MLflow run by id (used on rank 0 of the workers).
 
@@ -216,11 +224,7 @@ class MlflowTracker:
 
     # -- writes --------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-        self._submit(("metrics", (step, batch)))
+        self._submit(("metrics", (step, _metric_batch(metrics, step))))
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         self._submit(("artifact", (path, artifact_path)))
@@ -246,8 +250,7 @@ class MlflowTracker:
                     f"write(s) to run {self.run_id} not delivered (the run's checkpoints hold its results; "
                     "--resume after the server is back logs the missing epochs)"
                 )
-            time.sleep(min(self._backoff, max(0.0, deadline - time.time())))
-            self._backoff = min(2 * self._backoff, self._MAX_BACKOFF_S)
+            time.sleep(min(self._backoff, max(0.0, deadline - time.time())))  # _flush grew the backoff
         if self._spool:
             shutil.rmtree(self._spool, ignore_errors=True)
             self._spool = None
@@ -302,14 +305,11 @@ class MlflowTracker:
         return True
 
     def _sync_now(self, history: list[dict[str, float]]) -> None:
-        from mlflow.entities import Metric
-
         held = {m.step for m in self.client.get_metric_history(self.run_id, self.epoch_key)}
-        now = int(time.time() * 1000)
         for past in history:
             step = int(past["epoch"])
             if step not in held:
-                self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in past.items()])
+                self.client.log_batch(self.run_id, metrics=_metric_batch(past, step))
                 held.add(step)
         self._held_steps = held
 

@@ -8,6 +8,7 @@ nothing but our own error may come out.
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -148,8 +149,6 @@ def _run_with_checkpoint(t: Path, damage: str):
     saved_cfg = load_config(EXPERIMENT, overrides + (["model.hidden_size=64"] if damage == "config" else []))
     ckpt = save_checkpoint(run_dir / "checkpoint_2026-01-01_00-00-00.000000", {"model": {}, "epoch": 0},
                            {"w": torch.ones(1)}, dump_config(cfg))
-    import json
-
     (run_dir / RUN_FILE).write_text(json.dumps({"run_name": "r1", "mlflow_run_id": "0" * 32,
                                                 "tracking_uri": f"sqlite:///{t / 'm.db'}", "config": saved_cfg.to_dict()}))
     if damage == "garbage":
