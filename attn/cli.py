@@ -4,6 +4,9 @@
                                                                           run its sweep: section
     python run.py prepare svhn --to DIR [--url BASE_URL] [--no-extra] [--keep-archives]
                                                                           download and prepare a dataset
+    python run.py eval SOURCE [--split test|val] [--mc M] [key=value ...]  evaluate trained weights
+    python run.py show RUN_ID [--to DIR]                                  fetch a run's pictures and summary
+    python run.py init-experiment --data DIR --to FILE.yaml               start an experiment for your images
 
 Errors caused by input (bad config, missing data, unreadable checkpoint, unreachable tracking store)
 print one line ``error: ...`` and exit non-zero (2 for configuration errors), without a traceback.
@@ -156,6 +159,105 @@ def _prepare_multinumber(argv: list[str]) -> int:
     return 0
 
 
+def _show(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run.py show",
+        description="Fetch a run's glimpse pictures, heat map, accuracy tables and summary from MLflow.",
+    )
+    p.add_argument("run_id", help="MLflow run id (printed by a run's `done:` line; in the MLflow UI)")
+    p.add_argument("--to", metavar="DIR", default=None, help="folder to write into (./show-<run name>)")
+    p.add_argument(
+        "--tracking-uri", default=None,
+        help="where the run is: an MLflow server URL or a store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    from attn.errors import TrackingError
+    from attn.show import show_run
+    from attn.tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(f"{uri[len('sqlite:///'):]}: no MLflow store there; pass --tracking-uri (a server URL or sqlite:///path/mlflow.db)")
+    check_reachable(uri)
+    dest, text = show_run(uri, args.run_id, Path(args.to) if args.to else None)
+    print(text, end="")
+    print(f"done: {dest}")
+    return 0
+
+
+def _init_experiment(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run.py init-experiment",
+        description=(
+            "Inspect a folder of your own images (classes, counts, image sizes, channels; or label files) and "
+            "write a commented starting experiment for it. Layouts: DIR/<class>/<images> or "
+            "DIR/{train,val,test}/<class>/<images> (data.task image_folder, RAM); DIR/labels.csv or labels.json "
+            "with the images, or one per DIR/{train,val,test}/ (data.task image_sequences, DRAM)."
+        ),
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="the image folder (written into the file as given)")
+    p.add_argument("--to", required=True, metavar="FILE", help="experiment file to write, e.g. experiments/my_data.yaml")
+    p.add_argument("--task", choices=["image_folder", "image_sequences"], default=None,
+                   help="default: image_sequences if a label file is found, else image_folder")
+    p.add_argument("--labels-file", default=None, metavar="NAME",
+                   help="image_sequences: the label file's name (default labels.csv or labels.json)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    args = p.parse_args(argv)
+    if args.labels_file and args.task == "image_folder":
+        p.error("--labels-file applies to --task image_sequences only")
+
+    from attn.data.inspector import write_experiment
+
+    summary, path = write_experiment(
+        args.data, args.to, task=args.task or ("image_sequences" if args.labels_file else None),
+        labels_file=args.labels_file, force=args.force,
+    )
+    print("\n".join(summary.lines()))
+    print(f"done: wrote {path}; train with: python run.py {path}")
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run.py eval",
+        description=(
+            "Evaluate trained weights on a split (mean policy and M sampled episodes averaged) and record the "
+            "evaluation as an MLflow run linked to its source. SOURCE: an MLflow run id, experiment:NAME (its "
+            "newest finished run), an MLflow model URI (runs:/RUN_ID/model, models:/NAME/VERSION) or a checkpoint "
+            "path (best_model.pt, a checkpoint folder, a run folder)."
+        ),
+    )
+    p.add_argument("source", help="the weights: run id, experiment:NAME, model URI or checkpoint path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the stored config (not of its architecture)")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="the split to score (test)")
+    p.add_argument("--mc", type=int, default=None, metavar="M", help="sampled episodes averaged (eval.mc_samples)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store or server holding the source and receiving the evaluation run "
+                        "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment of the evaluation run (the source run's)")
+    args = p.parse_args(argv)
+    if args.mc is not None and args.mc < 1:
+        p.error("--mc must be at least 1")
+
+    from attn.evaluation import run_eval
+    from attn.tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    result = run_eval(
+        args.source, tracking_uri=uri, split=args.split, mc_samples=args.mc, overrides=args.overrides,
+        experiment=args.experiment,
+    )
+    m = result.metrics
+    print(
+        f"done: {args.split} error {m[f'{args.split}_error']:.2f}% (mean policy), {m[f'{args.split}_error_mc']:.2f}% "
+        f"({int(m[f'{args.split}_mc_samples'])} samples) | MLflow run {result.run_id} in {result.tracking_uri}"
+    )
+    return 0
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -167,6 +269,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if argv and argv[0] == "prepare":
             return _prepare(argv[1:])
+        if argv and argv[0] == "show":
+            return _show(argv[1:])
+        if argv and argv[0] == "eval":
+            return _eval(argv[1:])
+        if argv and argv[0] == "init-experiment":
+            return _init_experiment(argv[1:])
         if argv and argv[0] == "train":
             argv = argv[1:]
         return _train(argv)

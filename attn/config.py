@@ -38,34 +38,54 @@ class Section(BaseModel):
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-SEQUENCE_TASKS = ("svhn", "svhn_background", "multinumber")
+SEQUENCE_TASKS = ("svhn", "svhn_background", "multinumber", "image_sequences")
 MULTINUMBER_TOKENS = 6
 """Label slots of a multinumber image: up to 2 digits, separator, up to 2 digits, end."""
 _SVHN = ("svhn", "svhn_background")
+_MNIST_CANVAS = ("mnist_translated", "mnist_cluttered")
+_OWN_IMAGES = ("image_folder", "image_sequences")
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+"""The normalisation every built-in task uses unless data.mean / data.std are given (as in earlier work)."""
 _TASK_KEYS = {
-    "val_fraction": ("mnist",) + _SVHN,
-    "split_seed": ("mnist",) + _SVHN,
+    "val_fraction": ("mnist",) + _MNIST_CANVAS + _SVHN + _OWN_IMAGES,
+    "split_seed": ("mnist",) + _MNIST_CANVAS + _SVHN + _OWN_IMAGES,
     "use_extra": _SVHN,
     "max_digits": _SVHN,
-    "color": _SVHN + ("multinumber",),
+    "color": _SVHN + ("multinumber",) + _OWN_IMAGES,
     "image_size": _SVHN,
     "crop_size": ("svhn",),
-    "cache_dir": _SVHN + ("multinumber",),
+    "cache_dir": _SVHN + ("multinumber",) + _OWN_IMAGES,
     "canvas_size": ("svhn_background",),
     "eval_placement": ("svhn_background",),
-    "placement_seed": ("svhn_background",),
+    "placement_seed": ("svhn_background",) + _MNIST_CANVAS,
+    "mnist_canvas_size": _MNIST_CANVAS,
+    "clutter_pieces": ("mnist_cluttered",),
+    "clutter_size": ("mnist_cluttered",),
+    "test_fraction": _OWN_IMAGES,
+    "target_size": _OWN_IMAGES,
+    "resize": _OWN_IMAGES,
+    "pad_fill": _OWN_IMAGES,
+    "convert": _OWN_IMAGES,
+    "labels_file": ("image_sequences",),
+    "max_length": ("image_sequences",),
 }
 """The data keys that apply only to some tasks (setting one for another task is an error)."""
 
 
 class DataConfig(Section):
-    task: Literal["mnist", "svhn", "svhn_background", "multinumber"] = Field(
+    task: Literal[
+        "mnist", "mnist_translated", "mnist_cluttered", "svhn", "svhn_background", "multinumber",
+        "image_folder", "image_sequences",
+    ] = Field(
         "mnist",
         description=(
-            "mnist: 28x28 digits, one label (RAM); svhn: SVHN format 1 house numbers, digit sequences "
-            "(DRAM), Goodfellow et al. crops; svhn_background: the same numbers placed at a random spot "
-            "of a canvas_size x canvas_size extended background (the model must search); multinumber: "
-            "two numbers per 224 x 224 image made by `python run.py prepare multinumber`."
+            "mnist: 28x28 digits, one label (RAM); mnist_translated / mnist_cluttered: the RAM paper's "
+            "MNIST digits at a random spot of a larger canvas (with clutter); svhn: SVHN format 1 house "
+            "numbers, digit sequences (DRAM), Goodfellow et al. crops; svhn_background: the same numbers "
+            "placed at a random spot of a canvas_size x canvas_size extended background (the model must "
+            "search); multinumber: two numbers per 224 x 224 image made by `python run.py prepare "
+            "multinumber`; image_folder: your own images, one folder per class (RAM); image_sequences: "
+            "your own images with label sequences from a CSV or JSON file (DRAM)."
         ),
     )
     data_dir: Optional[str] = Field(
@@ -78,17 +98,34 @@ class DataConfig(Section):
         ),
     )
     val_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Seeded share of the training set held out for validation."
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Seeded share of the training set held out for validation (image_folder, image_sequences: only "
+            "when data_dir has no val/ folder; image_folder: per class)."
+        ),
     )
-    split_seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
+    split_seed: int = Field(0, ge=0, description="Seed of the train/validation (and held-out test) split.")
     train_subset: Optional[int] = Field(
         None, ge=1, description="Use only the first N training images (after the split): quick runs."
     )
     eval_subset: Optional[int] = Field(
         None, ge=1, description="Use only the first N validation and N test images: quick runs."
     )
-    mean: float = Field(0.1307, description="Normalisation mean (pixel values in [0, 1]).")
-    std: float = Field(0.3081, gt=0.0, description="Normalisation standard deviation.")
+    mean: Optional[float] = Field(
+        None,
+        description=(
+            "Normalisation mean (pixel values in [0, 1]). None: the task's own: MNIST's 0.1307 for the MNIST, "
+            "svhn and multinumber tasks (as in earlier work); for image_folder / image_sequences computed once "
+            "from the training split (over all pixels and channels) and cached."
+        ),
+    )
+    std: Optional[float] = Field(
+        None,
+        gt=0.0,
+        description="Normalisation standard deviation. None: the task's own (MNIST's 0.3081, or computed like mean).",
+    )
     normalize: Literal["dataset", "per_image"] = Field(
         "dataset",
         description=(
@@ -108,14 +145,24 @@ class DataConfig(Section):
             "are skipped and their count reported (never cut)."
         ),
     )
-    color: Literal["gray", "rgb"] = Field("gray", description="svhn: images stored and fed as 1 or 3 channels.")
+    color: Literal["gray", "rgb"] = Field(
+        "gray",
+        description=(
+            "svhn, multinumber, image_folder, image_sequences: images stored and fed as 1 or 3 channels. "
+            "image_folder / image_sequences: an image of the other kind is an error naming it unless "
+            "data.convert is true."
+        ),
+    )
     image_size: int = Field(64, ge=8, le=512, description="svhn: side of the resized, 30%-enlarged number box.")
     crop_size: int = Field(
         54, ge=8, le=512, description="svhn: side of the crop fed to the model (random in training, centre in evaluation)."
     )
     cache_dir: Optional[str] = Field(
         None,
-        description="svhn, multinumber: where the prepared arrays are kept. None: <data_dir>/attn-cache.",
+        description=(
+            "svhn, multinumber, image_folder, image_sequences: where the prepared arrays are kept. "
+            "None: <data_dir>/attn-cache."
+        ),
     )
     # svhn_background only
     canvas_size: int = Field(
@@ -134,7 +181,94 @@ class DataConfig(Section):
             "(placement_seed, image id), center = the middle. Training placement is always random."
         ),
     )
-    placement_seed: int = Field(0, ge=0, description="svhn_background: seed of the evaluation placement and noise.")
+    placement_seed: int = Field(
+        0,
+        ge=0,
+        description=(
+            "svhn_background: seed of the evaluation placement and noise; mnist_translated / mnist_cluttered: "
+            "seed of the evaluation canvases (digit position and clutter)."
+        ),
+    )
+    # mnist_translated / mnist_cluttered only
+    mnist_canvas_size: int = Field(
+        60,
+        ge=28,
+        le=1024,
+        description=(
+            "mnist_translated / mnist_cluttered: side N of the black square canvas the 28x28 digit is put on "
+            "(the RAM paper: 60 for both tasks, and 100 for mnist_cluttered)."
+        ),
+    )
+    clutter_pieces: Optional[int] = Field(
+        None,
+        ge=0,
+        le=256,
+        description=(
+            "mnist_cluttered: clutter pieces per canvas. None: the paper's count, 4 on a 60 px canvas and 8 on "
+            "a 100 px one (set it for any other mnist_canvas_size); 0: no clutter (translated MNIST)."
+        ),
+    )
+    clutter_size: int = Field(
+        8,
+        ge=1,
+        le=28,
+        description="mnist_cluttered: side of each clutter piece, a random crop of another MNIST digit (8 in the paper).",
+    )
+    # image_folder / image_sequences only
+    test_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "image_folder, image_sequences: seeded share held out for testing when data_dir has no test/ "
+            "folder (image_folder: per class)."
+        ),
+    )
+    target_size: Optional[tuple[int, int]] = Field(
+        None,
+        description=(
+            "image_folder, image_sequences: [height, width] every image is brought to (see data.resize), "
+            "8 to 4096 each. None: the images' own size, which they must then all share."
+        ),
+    )
+    resize: Literal["fit", "stretch", "pad"] = Field(
+        "fit",
+        description=(
+            "image_folder, image_sequences: how an image meets target_size. fit: scaled up or down to fit "
+            "inside, aspect ratio kept, centred, the rest filled with pad_fill; stretch: scaled to exactly "
+            "target_size (aspect ratio lost); pad: kept at its own scale and centred (only an image larger "
+            "than the canvas is shrunk, aspect ratio kept)."
+        ),
+    )
+    pad_fill: int = Field(
+        0, ge=0, le=255, description="image_folder, image_sequences: grey level around a fitted or padded image."
+    )
+    convert: bool = Field(
+        False,
+        description=(
+            "image_folder, image_sequences: convert images of the other kind to data.color (colour to gray by "
+            "luminance, gray to colour by repeating; alpha is dropped). false: such an image is an error naming it."
+        ),
+    )
+    labels_file: Optional[str] = Field(
+        None,
+        description=(
+            "image_sequences: the label file, in data_dir or in each of its train/, val/, test/ folders: a CSV "
+            "with a header holding the columns file and label, or a JSON list of {\"file\": ..., \"label\": ...}; "
+            "image paths are relative to the label file's folder. A text label is split at spaces into tokens, "
+            "or into characters when it has none; a JSON list label gives the tokens itself. "
+            "None: labels.csv or labels.json, whichever exists."
+        ),
+    )
+    max_length: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description=(
+            "image_sequences: longest label kept, in tokens; label = tokens + end token, so max_length + 1 "
+            "slots. Longer labels are skipped and their count reported (never cut)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_task_options(self) -> "DataConfig":
@@ -145,7 +279,17 @@ class DataConfig(Section):
                         f"data.{key} = {getattr(self, key)!r} is unused with data.normalize = 'per_image'; "
                         "remove it or set data.normalize=dataset"
                     )
+        if self.task in _MNIST_CANVAS and self.canvas_size != type(self).model_fields["canvas_size"].default:
+            raise ValueError(
+                f"data.canvas_size applies to data.task 'svhn_background' only; the canvas side of "
+                f"{self.task!r} is data.mnist_canvas_size (60 or 100 in the paper)"
+            )
         self._refuse_inapplicable("data", "task", _TASK_KEYS)
+        if self.task == "mnist_cluttered" and self.clutter_pieces is None and self.mnist_canvas_size not in (60, 100):
+            raise ValueError(
+                f"data.clutter_pieces must be set for data.mnist_canvas_size = {self.mnist_canvas_size}; the paper's "
+                "count is known only for 60 px (4 pieces) and 100 px (8 pieces) canvases"
+            )
         if self.task == "svhn" and self.crop_size > self.image_size:
             raise ValueError(
                 f"data.crop_size = {self.crop_size} is larger than data.image_size = {self.image_size}; "
@@ -156,7 +300,27 @@ class DataConfig(Section):
                 f"data.canvas_size = {self.canvas_size} is smaller than data.image_size = {self.image_size}; "
                 "the canvas must hold the number's crop"
             )
+        self._check_own_images()
         return self
+
+    def _check_own_images(self) -> None:
+        if self.task not in _OWN_IMAGES:
+            if self.normalize == "dataset":
+                # Resolved here, so that runs, logs and saved configs of the built-in tasks show the values used.
+                if self.mean is None:
+                    self.mean = MNIST_MEAN
+                if self.std is None:
+                    self.std = MNIST_STD
+            return
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"data.val_fraction = {self.val_fraction} and data.test_fraction = {self.test_fraction} leave no "
+                "training images; keep their sum below 1"
+            )
+        if self.target_size is not None and not all(8 <= side <= 4096 for side in self.target_size):
+            raise ValueError(
+                f"data.target_size = {list(self.target_size)}: height and width must each be 8 to 4096 pixels"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,12 +625,50 @@ class TrainConfig(Section):
         "this many in a row stop the run, keeping its last good checkpoint.",
     )
     seed: int = Field(1, ge=0, description="Base seed; worker r uses seed + r.")
+    init_from: Optional[str] = Field(
+        None,
+        description="Start from trained weights (transfer): an MLflow run id, `experiment:NAME` (that experiment's "
+        "newest finished run), an MLflow model URI (runs:/ID/model, models:/NAME/VERSION) or a checkpoint path "
+        "(best_model.pt, a checkpoint folder, a run folder). Tensors of the same shape are loaded; every other "
+        "key is listed in the log and in MLflow (transfer/report.md). A resumed run continues from its own checkpoint.",
+    )
+    init_context: Literal["keep", "drop"] = Field(
+        "keep", description="With init_from: keep the context network's weights (dram) or leave it freshly initialised."
+    )
+    init_classifier: Literal["auto", "keep", "drop"] = Field(
+        "auto",
+        description="With init_from: auto keeps the classifier when the class count matches and drops (re-initialises) "
+        "it when it changes (e.g. 11 -> 12 for multinumber); keep requires it to match; drop always re-initialises it.",
+    )
+
+    @model_validator(mode="after")
+    def _check_init(self) -> "TrainConfig":
+        if self.init_from is None:
+            for key in ("init_context", "init_classifier"):
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(f"train.{key} = {getattr(self, key)!r} needs train.init_from (the weights to start from)")
+        elif not self.init_from.strip():
+            raise ValueError("train.init_from is empty; give a run id, experiment:NAME, a model URI or a checkpoint path")
+        return self
 
 
 class EvalConfig(Section):
     mc_samples: int = Field(10, ge=1, description="M: sampled episodes averaged at test time.")
     seed: int = Field(1234, ge=0, description="Seed of evaluation episodes (l_0 and samples).")
     batch_size: int = Field(1000, ge=1)
+    viz_every: int = Field(
+        5,
+        ge=0,
+        description="Draw the glimpse pictures of the fixed test images every N epochs (0: only at the end); "
+        "they always are at the end, with the heat map and the accuracy tables.",
+    )
+    viz_images: int = Field(
+        12,
+        ge=0,
+        le=64,
+        description="How many test images are drawn (the first N of the test split, the same in every run and "
+        "trial); 0 draws no pictures (the tables and heat map are still made).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,9 +896,11 @@ class ExperimentConfig(Section):
 
     def max_tokens(self) -> int:
         """Label slots L per image: 1 for classification, max_digits + 1 (digits, end token) for svhn,
-        6 for multinumber."""
+        6 for multinumber, max_length + 1 for image_sequences."""
         if self.data.task == "multinumber":
             return MULTINUMBER_TOKENS
+        if self.data.task == "image_sequences":
+            return self.data.max_length + 1
         return self.data.max_digits + 1 if self.data.task in SEQUENCE_TASKS else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -858,9 +1062,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in an experiment file. A top-level ``base: other.yaml`` (relative to the file) reads
+    that file first and lays this one over it, section by section (a chain of files is allowed)."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
+        where = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"{path}: no such experiment file{where}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -874,6 +1088,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
+    if "base" in raw:
+        base = raw.pop("base")
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: base must be the path of another experiment file, relative to this one")
+        base_path = (path.parent / base).resolve()
+        chain = _chain + (path.resolve(),)
+        if base_path in chain:
+            raise ConfigError(f"{path}: base {base} leads back to {base_path}: the files include each other")
+        raw = _merge(read_yaml(base_path, chain), raw)
     return raw
 
 

@@ -8,6 +8,7 @@ Only absolute tracking URIs are used: Ray workers run in other working directori
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -167,12 +168,22 @@ def end_run(uri: str, run_id: str, status: str, attempts: int = 4) -> None:
     for attempt in range(attempts):
         try:
             client.set_tag(run_id, "attn.status", status.lower())
+            if status == "FINISHED":
+                _note_results(client, run_id)
             client.set_terminated(run_id, status=status)
             return
         except Exception:  # noqa: BLE001
             if attempt == attempts - 1:
                 raise
             time.sleep(2.0 * 2**attempt)
+
+
+def _note_results(client, run_id: str) -> None:
+    """Append the results line the workers tagged (``result.summary``) to the run's description, once."""
+    tags = client.get_run(run_id).data.tags
+    summary, note = tags.get("result.summary"), tags.get("mlflow.note.content", "")
+    if summary and summary not in note:
+        client.set_tag(run_id, "mlflow.note.content", f"{note}\n\n**Result:** {summary}".strip())
 
 
 def _metric_batch(metrics: dict[str, Any], step: int) -> list:
@@ -227,7 +238,40 @@ class MlflowTracker:
         self._submit(("metrics", (step, _metric_batch(metrics, step))))
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
+        """A file, or a folder's contents (into ``artifact_path``)."""
         self._submit(("artifact", (path, artifact_path)))
+
+    def log_model(self, model: Any, config_yaml: str) -> None:
+        """``model`` in MLflow's PyTorch format under ``model/`` (``runs:/<run id>/model``), with the
+        training config inside, so that ``mlflow.pytorch.load_model`` gives a working model."""
+        import copy
+
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        from attn.sources import MODEL_ARTIFACT, MODEL_CONFIG
+
+        with tempfile.TemporaryDirectory(prefix="attn-model-") as tmp:
+            config = Path(tmp) / MODEL_CONFIG
+            config.write_text(config_yaml)
+            cpu_model = copy.deepcopy(model).cpu().eval()
+            # MLflow warns on every pickled save (the format we chose on purpose, see below)
+            flavour_log = logging.getLogger("mlflow.pytorch")
+            level = flavour_log.level
+            flavour_log.setLevel(logging.ERROR)
+            try:
+                mlflow.pytorch.save_model(
+                    cpu_model, str(Path(tmp) / MODEL_ARTIFACT), extra_files=[str(config)],
+                    # the whole module pickled: an episode's control flow (glimpse loop, label slots, policy
+                    # sampling) is Python, which the traced 'pt2' format would freeze
+                    serialization_format="pickle",
+                    # explicit: inferring them would load the model again in a subprocess
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+                )
+            finally:
+                flavour_log.setLevel(level)
+            self.log_artifact(str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
 
     def set_tag(self, key: str, value: str) -> None:
         self._submit(("tag", (key, value)))
@@ -268,7 +312,10 @@ class MlflowTracker:
         path, artifact_path = item[1]
         self._spool = self._spool or tempfile.mkdtemp(prefix="attn-mlflow-spool-")
         target = Path(tempfile.mkdtemp(dir=self._spool)) / Path(path).name
-        shutil.copy2(path, target)
+        if Path(path).is_dir():
+            shutil.copytree(path, target)
+        else:
+            shutil.copy2(path, target)
         return ("artifact", (str(target), artifact_path))
 
     def _flush(self) -> bool:
@@ -287,7 +334,10 @@ class MlflowTracker:
                 elif kind == "sync":
                     self._sync_now(payload)
                 elif kind == "artifact":
-                    self.client.log_artifact(self.run_id, *payload)
+                    if Path(payload[0]).is_dir():
+                        self.client.log_artifacts(self.run_id, *payload)
+                    else:
+                        self.client.log_artifact(self.run_id, *payload)
                 else:
                     self.client.log_batch(self.run_id, tags=[RunTag(*payload)])
             except Exception as exc:  # noqa: BLE001

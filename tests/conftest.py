@@ -66,3 +66,22 @@ def _no_leftover_processes():
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+FINISHED_RUN_ARGS = ["data.train_subset=3000", "data.eval_subset=500", "eval.mc_samples=2", "train.epochs=4",
+                     "ray.cpus_per_worker=2", "eval.viz_every=2", "eval.viz_images=8"]
+"""The shared MNIST run: the reference of the interrupt/resume test (the pictures settings do not
+change what a run computes) and the subject of tests/test_run_outputs.py."""
+
+
+@pytest.fixture(scope="session")
+def finished_mnist_run(tmp_path_factory):
+    """One short `python run.py experiments/mnist_ram.yaml` (Ray Train, MLflow sqlite store in its own
+    folder), finished: (folder, MLflow client, the run as it was when it finished)."""
+    from test_training import EXPERIMENT, mlflow_client, only_run, run_cli
+
+    cwd = tmp_path_factory.mktemp("finished_run")
+    proc = run_cli(cwd, str(EXPERIMENT), *FINISHED_RUN_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow_client(cwd)
+    return cwd, client, only_run(client)

@@ -95,6 +95,15 @@ CASES = [
      "model.hidden_size (checkpoint 256, now 64)"),
     ("run-name-exists", lambda t: _run_with_checkpoint(t, damage="none")[:1] + ["tracking.run_name=r1"], 2,
      "tracking.run_name=r1: a run of that name exists"),
+    ("init-from-missing", lambda t: [str(EXPERIMENT), f"train.init_from={t / 'no-weights.pt'}"], 1,
+     "no-weights.pt: neither a file or folder"),
+    ("init-from-unknown-experiment", lambda t: [str(EXPERIMENT), "train.init_from=experiment:nothing",
+                                                f"tracking.tracking_uri=sqlite:///{t / 'm.db'}"], 1,
+     "experiment:nothing: no MLflow experiment of that name"),
+    ("eval-unknown-source", lambda t: ["eval", str(t / "nothing-here")], 1, "nothing-here: neither a file or folder"),
+    ("eval-checkpoint-without-config", lambda t: ["eval", _lone_weights(t)], 1, "config.yaml missing beside it"),
+    ("show-no-store", lambda t: ["show", "0" * 32, "--tracking-uri", f"sqlite:///{t / 'none.db'}"], 1,
+     "none.db: no MLflow store there"),
     ("prepare-bad-url", lambda t: ["prepare", "svhn", "--to", str(t / "svhn"), "--url", "http://127.0.0.1:9/"], 1,
      "127.0.0.1:9"),
 ]
@@ -154,6 +163,13 @@ def _run_with_checkpoint(t: Path, damage: str):
     if damage == "garbage":
         (ckpt / STATE_FILE).write_bytes(b"\x00garbage")
     return [str(EXPERIMENT), "--resume", "r1"]  # the run lives in ./runs (the test's folder)
+
+
+def _lone_weights(t: Path) -> str:
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, t / "best_model.pt")
+    return str(t / "best_model.pt")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

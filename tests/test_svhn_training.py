@@ -4,6 +4,8 @@ MNIST digits on textured backgrounds), and reads sequence accuracy better than a
 
 from __future__ import annotations
 
+import csv
+
 import sys
 from collections import Counter
 from pathlib import Path
@@ -69,6 +71,15 @@ def test_dram_trains_on_svhn_format1_through_ray_and_mlflow(tmp_path):
     assert m["test_digit_accuracy"] > 0.2  # chance: 0.1
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
     assert "checkpoint/best_model.pt" in arts
+    # Pictures every 5 epochs and at the end; the per-length table adds up to the test error.
+    for folder in ("glimpses/epoch_005", "glimpses/epoch_010", "glimpses/final"):
+        assert f"{folder}/grid.png" in {a.path for a in client.list_artifacts(run.info.run_id, folder)}
+    table = Path(client.download_artifacts(run.info.run_id, "analysis/sequence_accuracy.csv", str(tmp_path)))
+    rows = list(csv.DictReader(table.open()))
+    assert [r["length"] for r in rows] == ["1", "2"] and sum(int(r["images"]) for r in rows) == 300
+    right = sum(int(r["images"]) * float(r["sequence_accuracy"]) for r in rows)
+    assert 100 * (1 - right / 300) == pytest.approx(m["test_error"], abs=1e-6)
+    assert set(rows[1]) == {"length", "images", "sequence_accuracy", "slot_1", "slot_2", "end"}
 
 
 @pytest.mark.parametrize("layout", ["none", "no_test", "partial"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from PIL import Image
 import yaml
 
 from attn.config import load_config, validate_config
@@ -137,7 +138,13 @@ def test_four_trial_sweep_with_optuna_and_asha(tmp_path):
         assert {a.path for a in client.list_artifacts(c.info.run_id, "checkpoint")} >= {"checkpoint/best_model.pt"}
 
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"trials.csv", "best_config.yaml"} <= arts
+    assert {"trials.csv", "best_config.yaml", "comparison"} <= arts
+    picture = Path(client.download_artifacts(parent.info.run_id, "comparison/trials_parallel.png", str(tmp_path)))
+    assert Image.open(picture).size[0] > 400
+    # trial runs are named by what they tried
+    for c in children:
+        lr, g = c.data.params["train.lr"], c.data.params["model.num_glimpses"]
+        assert c.info.run_name.endswith(f"lr={float(lr):.3g} num_glimpses={g}"), c.info.run_name
     best_file = Path(client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path)))
     best = load_config(best_file)
     assert best.sweep is None and best.train.lr == pytest.approx(2e-3)

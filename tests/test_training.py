@@ -64,15 +64,15 @@ def steps(client, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_run):
     """Ctrl-C mid-run, then --resume: the run continues from its last checkpoint into the same MLflow
     run, and ends with exactly the metrics of a run that was never interrupted (same seed)."""
-    args = [str(EXPERIMENT), *SMALL, "train.epochs=4", "ray.cpus_per_worker=2"]
-    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    ref_dir.mkdir()
+    from conftest import FINISHED_RUN_ARGS
+
+    args = [str(EXPERIMENT), *FINISHED_RUN_ARGS]
+    ref = finished_mnist_run[2].data.metrics  # the uninterrupted reference
+    cut_dir = tmp_path / "cut"
     cut_dir.mkdir()
-    assert run_cli(ref_dir, *args).returncode == 0
-    ref = only_run(mlflow_client(ref_dir)).data.metrics
 
     with background_run(cut_dir, *args) as driver:
         deadline = time.time() + 300

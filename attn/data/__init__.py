@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attn.config import DataConfig
+from attn.config import MNIST_MEAN, MNIST_STD, DataConfig
 from attn.data.base import IGNORE_INDEX, BatchLoader, DataSpec, Split, TaskData
 
 
@@ -37,9 +37,24 @@ def build_data(cfg: DataConfig) -> TaskData:
         from attn.data.multinumber import load_multinumber
 
         data = load_multinumber(cfg)
+    elif cfg.task in ("mnist_translated", "mnist_cluttered"):
+        from attn.data.mnist_variants import load_mnist_variant
+
+        data = load_mnist_variant(cfg)
+    elif cfg.task == "image_folder":
+        from attn.data.image_folder import load_image_folder
+
+        data = load_image_folder(cfg)
+    elif cfg.task == "image_sequences":
+        from attn.data.image_folder import load_image_sequences
+
+        data = load_image_sequences(cfg)
     else:  # pragma: no cover - the schema admits only the tasks above
         raise ValueError(f"unknown task {cfg.task!r}")
     data.per_image = cfg.normalize == "per_image"
+    # data.mean / data.std stay None only with per_image, where normalisation does not read them
+    data.mean = MNIST_MEAN if data.mean is None else data.mean
+    data.std = MNIST_STD if data.std is None else data.std
     data.train = data.train.head(cfg.train_subset)
     data.val = data.val.head(cfg.eval_subset)
     data.test = data.test.head(cfg.eval_subset)

@@ -104,11 +104,22 @@ class TaskData:
     ):
         """Stored uint8 batch (B, C, H, W) -> normalised float model input (B, C, h, w). ``ids`` (B,):
         the images' ids, which seed evaluation canvases."""
+        return self.normalize(self.view(images_uint8, train=train, ids=ids, generator=generator))
+
+    def view(
+        self,
+        images_uint8: torch.Tensor,
+        *,
+        train: bool = False,
+        ids: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """What the model sees, before normalisation: uint8 (B, C, h, w) after the canvas and crop."""
         if self.canvas is not None:
             images_uint8 = self.canvas.place(images_uint8, train=train, ids=ids, generator=generator)[0]
         if self.crop is not None:
             images_uint8 = random_crop(images_uint8, self.crop, generator) if train else center_crop(images_uint8, self.crop)
-        return self.normalize(images_uint8)
+        return images_uint8
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -188,6 +188,24 @@ def _absolute_data_paths(cfg: ExperimentConfig) -> None:
             setattr(ctx, key, absolute(value))
 
 
+def resolve_init(cfg: ExperimentConfig, uri: str) -> None:
+    """Check ``train.init_from`` before any work and pin it: ``experiment:NAME`` becomes the run id it
+    means now, a relative path an absolute one (workers run elsewhere); the run records that value."""
+    source = cfg.train.init_from
+    if not source:
+        return
+    from attn.sources import load_source, newest_finished_run
+
+    if source.startswith("experiment:"):
+        run_id = newest_finished_run(source[len("experiment:"):], uri)
+        print(f"train.init_from: {source} is run {run_id}", flush=True)
+        source = run_id
+    elif "://" not in source and ":/" not in source and Path(source).expanduser().exists():
+        source = str(Path(source).expanduser().resolve())
+    load_source(source, uri)  # readable now, or one line now
+    cfg.train.init_from = source
+
+
 def _check_data_here(cfg: ExperimentConfig) -> None:
     """Fail on a missing or corrupt dataset before any run is opened, in one line, not inside a Ray
     worker. On a cluster the workers read their own copies, so the check is left to them."""
@@ -230,6 +248,8 @@ def run_training(
     # Everything that can be checked is checked before an MLflow run is opened or changed.
     check_writable(run_dir.parent)
     check_reachable(uri)
+    if saved is None:
+        resolve_init(cfg, uri)
     _check_data_here(cfg)
     if saved is not None:
         _check_latest_checkpoint(run_dir, dump_config(cfg))

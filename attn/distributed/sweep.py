@@ -37,6 +37,7 @@ from attn.distributed.driver import (
     cluster_capacity,
     experiment_dir,
     find_run,
+    resolve_init,
     resolve_locations,
 )
 from attn.distributed.trial import TRIAL_TAG, run_trial, trial_config
@@ -187,6 +188,7 @@ def run_sweep(
     _absolute_data_paths(cfg)
     check_writable(sweep_dir.parent)
     check_reachable(uri)
+    resolve_init(cfg, uri)
     _check_data_here(cfg)
     started_ray = _ray_init(cfg)
     parent: Optional[str] = None
@@ -343,6 +345,13 @@ def _summarise(cfg: ExperimentConfig, sweep_dir: Path, uri: str, parent: str, ro
     _print_table(rows, columns, best, sw.metric)
     client = MlflowClient(tracking_uri=uri)
     client.log_artifact(parent, str(table))
+    if scored:
+        from attn.viz import parallel_coordinates
+
+        picture = parallel_coordinates(
+            scored, list(sw.space), "metric", sweep_dir / "trials_parallel.png", mode=sw.mode, metric_label=sw.metric
+        )
+        client.log_artifact(parent, str(picture), "comparison")
     best_path = None
     if best is not None:
         params = {k: best[k] for k in sw.space if best[k] != ""}

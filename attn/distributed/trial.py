@@ -31,6 +31,10 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], run_name: str):
     return validate_config(raw, f"sweep trial {run_name} ({', '.join(f'{k}={v!r}' for k, v in params.items())})")
 
 
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str):
     """The MLflow run of trial ``trial_id`` under the sweep's run, or None."""
     from mlflow.tracking import MlflowClient
@@ -53,6 +57,8 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, 
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{sweep['name']}-{trial_id}"
     cfg = trial_config(base, params, run_name)
+    # What the trial tried, in its MLflow name: the runs list reads at a glance.
+    mlflow_name = f"{trial_id} " + " ".join(f"{k.rsplit('.', 1)[-1]}={_value(v)}" for k, v in params.items())
     uri, exp_id, parent = sweep["uri"], sweep["experiment_id"], sweep["parent_run_id"]
     existing = find_child_run(uri, exp_id, parent, trial_id)
     if existing is not None:  # a restored trial continues in its own MLflow run
@@ -61,7 +67,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, 
     else:
         tags = {"mlflow.parentRunId": parent, TRIAL_TAG: trial_id, "attn.sweep": sweep["name"]}
         tags.update({f"attn.param.{k}": str(v) for k, v in params.items()})
-        run_id = start_run(uri, exp_id, cfg, run_name, extra_tags=tags)
+        run_id = start_run(uri, exp_id, cfg, mlflow_name, extra_tags=tags)
 
     trainer = make_trainer(
         cfg, f"trial-{trial_id}", Path(sweep["dir"]) / "trials", uri, run_id, callbacks=[TuneReportCallback()]

@@ -103,9 +103,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # prepare_model moves to the worker's device and wraps in DDP when world > 1.
         return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
 
+    init = None
+    if cfg.train.init_from:
+        # every rank reads the weights (an MLflow run any node can reach, or a path on a shared folder)
+        from attn.sources import load_source
+
+        weights = load_source(cfg.train.init_from, ml["uri"] if ml else "")
+        init = (weights.state, weights.label)
+
     reporter = RayReporter()
     try:
-        fit(cfg, WorkerInfo(rank, world, device), reporter, tracker, wrap_model=wrap, log=_log if rank == 0 else _quiet)
+        fit(
+            cfg, WorkerInfo(rank, world, device), reporter, tracker, wrap_model=wrap, log=_log if rank == 0 else _quiet,
+            init=init,
+        )
     finally:
         reporter.cleanup()
         sys.stdout.flush()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn.data.base import IGNORE_INDEX, BatchLoader, TaskData
+from attn.engine.details import EvalDetails
 from attn.errors import TrainingDiverged
 from attn.losses import episode_loss, sequence_outcome
 
@@ -206,6 +207,7 @@ def evaluate(
     policy: str = "mean",
     mc_samples: int = 1,
     seed: int = 0,
+    details: Optional[EvalDetails] = None,
 ) -> dict[str, float]:
     """NLL, accuracy and error (%) of ``model`` on ``loader``'s split (deterministic input: centre crops).
 
@@ -226,11 +228,16 @@ def evaluate(
         y = labels.to(device)
         m = mc_samples if policy == "sample" else 1
         # copies=m: the model repeats the images itself, so a context network runs once per image
-        log_probs = model(x, policy=policy, generator=generator, copies=m, **label_slots(y)).log_probs
+        episode = model(x, policy=policy, generator=generator, copies=m, **label_slots(y))
+        log_probs = episode.log_probs
+        if details is not None and m == 1:
+            details.add(episode.locations, log_probs, y)
         if m > 1:
             log_probs = log_probs.view(m, x.shape[0], *log_probs.shape[1:]).mean(0)
         sums += score_batch(log_probs, y, end_token).to(sums.dtype)
     model.train(was_training)
+    if details is not None:
+        details.reduce()
     total = dict(zip(_EVAL_SUMS, _all_reduce(sums).tolist()))
     count = max(total["count"], 1.0)
     acc = total["correct"] / count

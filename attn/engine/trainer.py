@@ -23,8 +23,12 @@ from torch import nn
 from attn.config import ExperimentConfig, dump_config
 from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
+from attn.engine.cost import model_cost
+from attn.engine.details import EvalDetails
 from attn.engine.loop import NonFiniteGuard, evaluate, train_epoch
 from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
+from attn.engine.pictures import Pictures
+from attn.engine.transfer import TransferReport, transfer_weights
 from attn.errors import CheckpointError
 from attn.models import build_model
 
@@ -42,6 +46,11 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None: ...
 
+    def set_tag(self, key: str, value: str) -> None: ...
+
+    def log_model(self, model: nn.Module, config_yaml: str) -> None:
+        """The best model in a portable format (MLflow's PyTorch flavour on rank 0)."""
+
     def sync(self, history: list[dict[str, float]]) -> None:
         """When a worker group starts: the epochs so far (from the checkpoint), so that the tracker
         ends up with each epoch exactly once however often the workers were restarted."""
@@ -55,6 +64,12 @@ class NullTracker:
         pass
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
+        pass
+
+    def set_tag(self, key: str, value: str) -> None:
+        pass
+
+    def log_model(self, model: nn.Module, config_yaml: str) -> None:
         pass
 
     def sync(self, history: list[dict[str, float]]) -> None:
@@ -88,6 +103,28 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _log_transfer(tracker: Tracker, report: TransferReport, source: str) -> None:
+    tracker.set_tag("transfer.source", source)
+    tracker.set_tag("transfer.summary", report.summary())
+    with tempfile.TemporaryDirectory(prefix="attn-transfer-") as tmp:
+        path = Path(tmp) / "report.md"
+        path.write_text(report.markdown(source))
+        tracker.log_artifact(str(path), "transfer")
+
+
+def _tag_results(tracker: Tracker, final: dict[str, float], sequence: bool) -> None:
+    """Key results as tags (the runs list can show them as columns) and in the run's description."""
+    what = "sequence error" if sequence else "error"
+    tracker.set_tag("result.test_error", f"{final['test_error']:.2f}")
+    tracker.set_tag("result.test_error_mc", f"{final['test_error_mc']:.2f}")
+    tracker.set_tag("result.best_epoch", str(int(final["best_epoch"]) + 1))
+    tracker.set_tag(
+        "result.summary",
+        f"test {what} {final['test_error']:.2f}% (mean policy), {final['test_error_mc']:.2f}% "
+        f"({int(final['test_mc_samples'])} samples), best epoch {int(final['best_epoch']) + 1}",
+    )
+
+
 def fit(
     cfg: ExperimentConfig,
     info: WorkerInfo,
@@ -95,8 +132,12 @@ def fit(
     tracker: Tracker,
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m,
     log: Callable[[str], None] = print,
+    init: Optional[tuple[dict[str, torch.Tensor], str]] = None,
 ) -> dict[str, float]:
-    """Train ``cfg`` to the end (or early stop), test the best weights, return the final metrics."""
+    """Train ``cfg`` to the end (or early stop), test the best weights, return the final metrics.
+
+    init: (state dict, its name) of the weights ``train.init_from`` named, loaded where they fit before
+    the first epoch (ignored when resuming: the run's own checkpoint wins)."""
     tc = cfg.train
     is_chief = info.rank == 0
     data = build_data(cfg.data)
@@ -134,6 +175,12 @@ def fit(
         # Also without a checkpoint: a worker group restarted before its first one re-runs epochs
         # the run may already hold.
         tracker.sync(history)
+    if init is not None and resume_dir is None:
+        report = transfer_weights(model, init[0], context=tc.init_context, classifier=tc.init_classifier)
+        best_state = copy.deepcopy(model.state_dict())
+        if is_chief:
+            log(f"weights from {init[1]}: " + "\n  ".join(report.lines()))
+            _log_transfer(tracker, report, init[1])
 
     train_model = wrap_model(model)
     train_loader = BatchLoader(
@@ -143,7 +190,13 @@ def fit(
     val_loader = BatchLoader(data.val, eval_bs, shuffle=False, rank=info.rank, world=info.world)
     test_loader = BatchLoader(data.test, eval_bs, shuffle=False, rank=info.rank, world=info.world)
     if is_chief and start_epoch == 0:
-        n_params = sum(p.numel() for p in model.parameters())
+        cost = model_cost(model, data.spec)
+        tracker.log_metrics(cost, step=0)
+        n_params = cost["model_params"]
+        log(
+            f"cost: {cost['model_params']:,} parameters ({cost['model_params_trainable']:,} trainable), "
+            f"{cost['model_flops_per_image'] / 1e6:,.1f} MFLOPs per image and episode"
+        )
         log(
             f"{cfg.model.name}/{cfg.model.core.kind} on {cfg.data.task}: {n_params:,} parameters; "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
@@ -169,6 +222,7 @@ def fit(
                 ckpt_dir = str(save_checkpoint(tmp, state, best_state, config_yaml))
             reporter.report(metrics, ckpt_dir)
 
+    pictures = Pictures(cfg, data, info.device) if is_chief else None
     epoch = start_epoch - 1
     nonfinite = NonFiniteGuard(tc.max_nonfinite_steps)
     last_metrics: dict[str, float] = {}
@@ -203,6 +257,8 @@ def fit(
             stop = epoch - best_epoch > tc.patience
             if is_chief:
                 tracker.log_metrics(metrics, step=epoch)
+                if pictures.due(epoch):
+                    pictures.episodes(model, f"epoch_{epoch + 1:03d}", tracker)
                 left = (tc.epochs - epoch - 1) * (sum(epoch_times[-5:]) / len(epoch_times[-5:]))
                 log(
                     f"epoch {epoch + 1}/{tc.epochs} | train loss {tm['loss']:.4f} acc {100 * tm['accuracy']:.2f}% "
@@ -221,7 +277,8 @@ def fit(
     best_model = copy.deepcopy(model)
     best_model.load_state_dict(best_state)
     seed, m, dev = cfg.eval.seed, cfg.eval.mc_samples, info.device
-    t_mean = evaluate(best_model, test_loader, data, device=dev, policy="mean", seed=seed)
+    details = EvalDetails(data.spec, dev)
+    t_mean = evaluate(best_model, test_loader, data, device=dev, policy="mean", seed=seed, details=details)
     t_one = evaluate(best_model, test_loader, data, device=dev, policy="sample", mc_samples=1, seed=seed)
     t_mc = evaluate(best_model, test_loader, data, device=dev, policy="sample", mc_samples=m, seed=seed)
     final = {
@@ -242,6 +299,9 @@ def fit(
         # best_val_error is already a curve (every epoch); logging it again would repeat the last step.
         once = {"epoch", "best_val_error"} if history else {"epoch"}
         tracker.log_metrics({k: v for k, v in final.items() if k not in once}, step=final["epoch"])
+        pictures.episodes(best_model, "final", tracker)
+        pictures.analysis(details, tracker, step=final["epoch"])
+        _tag_results(tracker, final, data.spec.is_sequence)
         what = "sequence error" if data.spec.is_sequence else "error"
         log(
             f"test {what} (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
@@ -254,6 +314,7 @@ def fit(
             (Path(tmp) / "config.yaml").write_text(config_yaml)
             tracker.log_artifact(str(path), "checkpoint")
             tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
+        tracker.log_model(best_model, config_yaml)
         tracker.close()
     sys.stdout.flush()
     # The final report comes last (a sweep may stop the trial as soon as it arrives) and repeats the

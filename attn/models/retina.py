@@ -29,6 +29,22 @@ def patch_sizes(patch_size: int, num_scales: int, scale: float) -> list[int]:
     return [int(math.floor(patch_size * scale**i + 1e-9)) for i in range(num_scales)]
 
 
+def glimpse_centres(loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(..., 2) locations l -> (..., 2) int64 centre pixels (cx, cy) = floor((clamp(l) + 1) / 2 * (W, H))."""
+    size = loc.new_tensor([0.5 * width, 0.5 * height])
+    return torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * size).long()
+
+
+def patch_boxes(loc: torch.Tensor, height: int, width: int, sizes: list[int]) -> torch.Tensor:
+    """The pixels each patch covers: (..., 2) locations -> (..., k, 4) int64 boxes (x0, y0, x1, y1),
+    x1 and y1 exclusive, in image pixels (they may reach outside the image, where the pad value is read)."""
+    c = glimpse_centres(loc, height, width)
+    s = torch.tensor(sizes, dtype=torch.long, device=loc.device)
+    x0 = c[..., None, 0] - s // 2
+    y0 = c[..., None, 1] - s // 2
+    return torch.stack([x0, y0, x0 + s, y0 + s], dim=-1)
+
+
 def _pool_matrices(g: int, sizes: list[int]) -> torch.Tensor:
     """(k, g, S) matrices that crop patch i out of the S x S patch and average it down to g x g.
 
@@ -76,11 +92,6 @@ class Retina(nn.Module):
         lo, hi = self.S // 2, self.S - self.S // 2
         return F.pad(images, (lo, hi, lo, hi), value=self.pad_value)
 
-    def _centres(self, loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        # (B, 2) int64 (cx, cy) = floor((l + 1) / 2 * (W, H)) in one vector op over both axes.
-        size = loc.new_tensor([0.5 * width, 0.5 * height])
-        return torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * size).long()
-
     def _flat_offsets(self, padded_width: int, device: torch.device) -> torch.Tensor:
         """(S*S,) offsets of an S x S patch's pixels from its top-left, in a flattened padded image."""
         key = (padded_width, device)
@@ -102,7 +113,7 @@ class Retina(nn.Module):
             (B, k * C, g, g): scale-major channel order (all C channels of patch 0, then patch 1, ...).
         """
         B, C, Hp, Wp = padded.shape
-        c = self._centres(loc, height, width)
+        c = glimpse_centres(loc, height, width)
         # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
         top_left = c[:, 1] * Wp + c[:, 0]  # (B,)
         idx = top_left[:, None] + self._flat_offsets(Wp, padded.device)  # (B, S*S)

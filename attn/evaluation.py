@@ -1,0 +1,139 @@
+"""``python run.py eval SOURCE``: evaluate trained weights and record the evaluation in MLflow.
+
+The model is rebuilt from the config stored with the weights (see :mod:`attn.sources`), with
+``key=value`` overrides for anything but its architecture (e.g. ``data.data_dir`` on another machine,
+``eval.batch_size``, ``eval.seed``). It is scored on one split by the mean policy and by M sampled
+episodes averaged (``--mc M``, default the config's ``eval.mc_samples``), exactly as a training run
+scores its test split: with the same config and seed, the mean-policy error is the one the training
+run logged. The evaluation is an MLflow run of its own (tag ``attn.kind = eval``), in the source
+run's experiment when the weights came from MLflow, linked to it by tags and its description, with
+the metrics, the glimpse pictures and the accuracy tables.
+
+Runs in this process, without Ray: an evaluation is one pass over a split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import yaml
+
+from attn.config import ExperimentConfig, apply_overrides, dump_config, validate_config
+from attn.data import BatchLoader, build_data
+from attn.engine.checkpoint import architecture_differences
+from attn.engine.details import EvalDetails
+from attn.engine.loop import evaluate
+from attn.engine.pictures import Pictures
+from attn.errors import CheckpointError, ConfigError
+from attn.models import build_model
+from attn.sources import load_source
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    run_id: str
+    tracking_uri: str
+    source_run_id: Optional[str]
+
+
+def build_config(config_yaml: str, overrides: list[str], label: str) -> ExperimentConfig:
+    raw = yaml.safe_load(config_yaml) or {}
+    raw.pop("sweep", None)
+    cfg = validate_config(apply_overrides(raw, overrides), f"the config of {label}")
+    differ = architecture_differences(config_yaml, dump_config(cfg))
+    if differ:
+        raise ConfigError(
+            f"overrides change the architecture the weights were trained with: {'; '.join(differ[:6])}; "
+            "only data (besides data.task), eval and tracking keys can change for an evaluation"
+        )
+    return cfg
+
+
+def run_eval(
+    source: str,
+    *,
+    tracking_uri: str,
+    split: str = "test",
+    mc_samples: Optional[int] = None,
+    overrides: Optional[list[str]] = None,
+    experiment: Optional[str] = None,
+    log=print,
+) -> EvalResult:
+    from attn.distributed.driver import _absolute_data_paths
+    from attn.tracking import MlflowTracker, end_run, ensure_experiment, start_run
+
+    weights = load_source(source, tracking_uri)
+    cfg = build_config(weights.config_yaml, list(overrides or []), weights.label)
+    if mc_samples is not None:
+        cfg.eval.mc_samples = mc_samples
+    _absolute_data_paths(cfg)
+    torch.manual_seed(cfg.train.seed)
+    data = build_data(cfg.data)
+    device = torch.device("cpu")
+    model = build_model(cfg.model, data.spec, (data.mean, data.std))
+    try:
+        model.load_state_dict(weights.state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights.label}: weights do not fit the model of their config ({str(exc).splitlines()[0][:200]})") from None
+    chosen = data.test if split == "test" else data.val
+    if len(chosen) == 0:
+        raise ConfigError(f"--split {split}: that split of {cfg.data.task} is empty (data.val_fraction = 0?)")
+    loader = BatchLoader(chosen, cfg.eval.batch_size, shuffle=False)
+    seed, m = cfg.eval.seed, cfg.eval.mc_samples
+
+    if experiment:
+        exp_id = ensure_experiment(tracking_uri, experiment)
+    elif weights.experiment_id is not None and weights.run_id is not None:
+        exp_id = weights.experiment_id
+    else:
+        exp_id = ensure_experiment(tracking_uri, cfg.tracking.experiment_name or "evaluations")
+    source_name = weights.label
+    tags = {"attn.kind": "eval", "attn.source": source, "attn.eval_split": split}
+    if weights.run_id:
+        from mlflow.tracking import MlflowClient
+
+        source_run = MlflowClient(tracking_uri=tracking_uri).get_run(weights.run_id)
+        source_name = source_run.info.run_name or weights.run_id
+        tags["attn.source_run_id"] = weights.run_id
+    run_name = f"eval-{source_name}-{split}"
+    run_id = start_run(tracking_uri, exp_id, cfg, run_name, extra_tags=tags)
+    link = (
+        f"[{source_name}](#/experiments/{weights.experiment_id}/runs/{weights.run_id})"
+        if weights.run_id and weights.experiment_id else f"`{source}`"
+    )
+    tracker = MlflowTracker(tracking_uri, run_id, retry_timeout_s=cfg.tracking.retry_timeout_s, log=log)
+    status = "FAILED"
+    try:
+        t0 = time.perf_counter()
+        details = EvalDetails(data.spec, device)
+        mean = evaluate(model, loader, data, device=device, policy="mean", seed=seed, details=details)
+        mc = evaluate(model, loader, data, device=device, policy="sample", mc_samples=m, seed=seed)
+        metrics = {
+            f"{split}_error": mean["error"], f"{split}_nll": mean["nll"], f"{split}_error_mc": mc["error"],
+            f"{split}_mc_samples": m, f"{split}_images": mean["count"], "eval_time_s": time.perf_counter() - t0,
+        }
+        for k in ("token_accuracy", "digit_accuracy", "reward"):
+            if k in mean:
+                metrics[f"{split}_{k}"] = mean[k]
+                metrics[f"{split}_{k}_mc"] = mc[k]
+        tracker.log_metrics(metrics, step=0)
+        pictures = Pictures(cfg, data, device, split=split)
+        pictures.episodes(model, "final", tracker)
+        pictures.analysis(details, tracker, step=0, prefix=split)
+        what = "sequence error" if data.spec.is_sequence else "error"
+        summary = f"{split} {what} {mean['error']:.2f}% (mean policy), {mc['error']:.2f}% ({m} samples averaged)"
+        tracker.set_tag("result.summary", summary)
+        tracker.set_tag(
+            "mlflow.note.content",
+            f"Evaluation of {link} on the {split} split ({int(mean['count'])} images), weights from `{source}`.",
+        )
+        tracker.close()
+        status = "FINISHED"
+        log(f"{weights.label}: {summary}")
+        return EvalResult(metrics, run_id, tracking_uri, weights.run_id)
+    finally:
+        end_run(tracking_uri, run_id, status)

@@ -1,0 +1,170 @@
+"""Where trained weights come from, for ``run.py eval SOURCE`` and ``train.init_from``.
+
+A source is one of:
+
+    an MLflow run id (32 hex digits)        the run's best weights: checkpoint/best_model.pt + config.yaml
+    experiment:NAME                         the newest finished run of MLflow experiment NAME
+    runs:/RUN_ID/model, models:/NAME/V ...  an MLflow PyTorch model logged by attn (its config inside)
+    a path                                  best_model.pt (config.yaml beside it), a checkpoint folder
+                                            (best_model.pt + config.yaml), a run folder under runs/ (its
+                                            newest checkpoint), or a saved MLflow model folder (MLmodel)
+
+:func:`load_source` returns the weights as a state dict and the config they were trained with.
+Checkpoint files are read with ``weights_only=True``; MLflow models are unpickled by MLflow (only
+load models you trust, as with any pickled PyTorch model).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from attn.engine.checkpoint import BEST_FILE, CONFIG_FILE, load_file
+from attn.errors import CheckpointError, TrackingError
+
+MODEL_ARTIFACT = "model"
+"""Where every run logs its best model in MLflow's PyTorch format: ``runs:/<run id>/model``."""
+MODEL_CONFIG = "attn_config.yaml"
+"""The training config inside a logged model's folder (MLflow ``extra_files``)."""
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
+
+
+@dataclass
+class TrainedWeights:
+    state: dict[str, torch.Tensor]
+    config_yaml: str
+    label: str  # how to name the source in logs and tags
+    run_id: Optional[str] = None  # the MLflow run the weights came from, if any
+    experiment_id: Optional[str] = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _from_folder(folder: Path, label: str) -> TrainedWeights:
+    if (folder / "MLmodel").is_file():
+        return _from_mlflow_model_dir(folder, label)
+    if not (folder / BEST_FILE).is_file():
+        # a run folder: its newest checkpoint_* holds the latest best weights
+        ckpts = sorted((p for p in folder.rglob(BEST_FILE) if p.parent.name.startswith("checkpoint")), key=lambda p: p.parent.name)
+        if not ckpts:
+            raise CheckpointError(
+                f"{folder}: no {BEST_FILE} here or in a checkpoint_* folder below; give a checkpoint folder, "
+                "a best_model.pt, a run folder, an MLflow run id or a model URI"
+            )
+        folder = ckpts[-1].parent
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        raise CheckpointError(f"{folder}: {CONFIG_FILE} missing next to {BEST_FILE}; the model's config is needed to rebuild it")
+    return TrainedWeights(load_file(folder / BEST_FILE), config.read_text(), label)
+
+
+def _from_mlflow_model_dir(folder: Path, label: str) -> TrainedWeights:
+    import mlflow.pytorch
+
+    config = next(iter(folder.rglob(MODEL_CONFIG)), None)
+    if config is None:
+        raise CheckpointError(f"{label}: an MLflow model without {MODEL_CONFIG}; only models logged by attn can be rebuilt")
+    try:
+        model = mlflow.pytorch.load_model(str(folder), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - MLflow and pickle raise many types
+        raise CheckpointError(f"{label}: cannot load the MLflow model ({_first_line(exc)})") from None
+    return TrainedWeights({k: v.detach().cpu() for k, v in model.state_dict().items()}, config.read_text(), label)
+
+
+def _from_model_uri(uri: str, tracking_uri: str) -> TrainedWeights:
+    from mlflow.artifacts import download_artifacts
+
+    try:
+        local = Path(download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="attn-model-"), tracking_uri=tracking_uri))
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"cannot fetch the MLflow model {uri} from {tracking_uri} ({_first_line(exc)})") from None
+    weights = _from_mlflow_model_dir(local, uri)
+    m = re.match(r"^runs:/([0-9a-f]{32})/", uri)
+    if m:
+        weights.run_id = m.group(1)
+    return weights
+
+
+def _from_run(run_id: str, tracking_uri: str, label: str) -> TrainedWeights:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"no MLflow run {run_id} at {tracking_uri} ({_first_line(exc)})") from None
+    tmp = Path(tempfile.mkdtemp(prefix="attn-run-"))
+    try:
+        for name in (BEST_FILE, CONFIG_FILE):
+            download_artifacts(run_id=run_id, artifact_path=f"checkpoint/{name}", dst_path=str(tmp), tracking_uri=tracking_uri)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(
+            f"MLflow run {run_id} has no checkpoint/{BEST_FILE} and {CONFIG_FILE} (did it finish?): {_first_line(exc)}"
+        ) from None
+    weights = _from_folder(tmp, label)
+    weights.run_id, weights.experiment_id = run_id, run.info.experiment_id
+    return weights
+
+
+def newest_finished_run(experiment: str, tracking_uri: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise TrackingError(f"experiment:{experiment}: no MLflow experiment of that name at {tracking_uri}")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.end_time DESC"], max_results=200,
+    )
+    # sweep parents hold no weights of their own; eval runs are not trainings
+    runs = [r for r in runs if r.data.tags.get("attn.kind") not in ("sweep", "eval")]
+    if not runs:
+        raise TrackingError(f"experiment:{experiment}: no finished training run in that MLflow experiment at {tracking_uri}")
+    return runs[0].info.run_id
+
+
+def load_source(source: str, tracking_uri: str) -> TrainedWeights:
+    """The weights and config named by ``source`` (see the module docstring)."""
+    source = source.strip()
+    if source.startswith("experiment:"):
+        run_id = newest_finished_run(source[len("experiment:"):], tracking_uri)
+        return _from_run(run_id, tracking_uri, f"{source} (run {run_id})")
+    if re.match(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|dbfs|http|https|file):", source):
+        if source.startswith("file:"):
+            from urllib.parse import unquote, urlparse
+
+            return _load_path(Path(unquote(urlparse(source).path)), source)
+        return _from_model_uri(source, tracking_uri)
+    path = Path(source).expanduser()
+    if path.exists():
+        return _load_path(path, source)
+    if _RUN_ID.match(source):
+        return _from_run(source, tracking_uri, f"run {source}")
+    raise CheckpointError(
+        f"{source}: neither a file or folder, nor an MLflow run id (32 hex digits), nor experiment:NAME, nor a model "
+        "URI (runs:/RUN_ID/model, models:/NAME/VERSION)"
+    )
+
+
+def _load_path(path: Path, label: str) -> TrainedWeights:
+    if path.is_dir():
+        return _from_folder(path, label)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.name == "MLmodel":
+        return _from_mlflow_model_dir(path.parent, label)
+    config = path.parent / CONFIG_FILE
+    if not config.is_file():
+        raise CheckpointError(f"{path}: {CONFIG_FILE} missing beside it; the model's config is needed to rebuild it")
+    return TrainedWeights(load_file(path), config.read_text(), label)

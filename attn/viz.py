@@ -1,0 +1,376 @@
+"""Pictures of what a model does: glimpse paths, where the policy looks, and result tables.
+
+Everything here turns tensors into files (PNG, GIF, CSV, Markdown) and knows nothing of Ray or MLflow;
+the trainer decides when to draw and hands the files to its tracker.
+
+Glimpse drawings are pixel-exact: image pixel (x, y) is drawn as the zoom x zoom block whose top-left
+is (left + x * zoom, top + y * zoom) (:class:`Layout`), and the patch i of glimpse t, which covers image
+pixels [x0, x1) x [y0, y1) (:func:`attn.models.retina.patch_boxes`, the retina's own rule), is the
+rectangle whose outer edge is exactly that block range. Lines grow inwards, so the outer edge never
+moves. Glimpse 1 is drawn thicker in white; the others in one colour per step (RAM) or per label slot
+(DRAM: the glimpses that read the same digit share a colour), each numbered at its centre.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from attn.data.base import DataSpec
+from attn.models.retina import patch_boxes
+
+FIRST_COLOR = (255, 255, 255)
+"""Glimpse 1 (the first look) is white and twice as thick."""
+STEP_COLORS = [
+    (255, 64, 64), (255, 160, 0), (240, 230, 40), (60, 220, 60), (0, 200, 255), (80, 120, 255),
+    (200, 90, 255), (255, 90, 200), (150, 255, 180), (255, 200, 150),
+]
+RIGHT, WRONG = (40, 170, 40), (210, 40, 40)
+BACKGROUND = (32, 32, 32)
+TITLE_H = 20
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the image sits in a drawing: image pixel (x, y) -> the block at (left + x * zoom,
+    top + y * zoom), zoom x zoom pixels."""
+
+    zoom: int
+    left: int
+    top: int
+
+    def rect(self, box: Sequence[int]) -> tuple[int, int, int, int]:
+        """Image box (x0, y0, x1, y1), x1 and y1 exclusive -> the drawing's inclusive outer rectangle."""
+        x0, y0, x1, y1 = (int(v) for v in box)
+        z = self.zoom
+        return (self.left + x0 * z, self.top + y0 * z, self.left + x1 * z - 1, self.top + y1 * z - 1)
+
+
+def zoom_for(height: int, width: int, target: int = 240) -> int:
+    """Integer zoom that brings the larger side near ``target`` pixels (at least 1)."""
+    return max(1, round(target / max(height, width)))
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """uint8 (C, H, W) with C = 1 or 3 -> uint8 (H, W, 3)."""
+    a = image.detach().cpu().numpy()
+    a = np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a[:3]
+    return np.ascontiguousarray(a.transpose(1, 2, 0))
+
+
+def _font(size: int = 13):
+    return ImageFont.load_default(size=size)
+
+
+def glimpse_frame(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    *,
+    title: str = "",
+    title_color: tuple[int, int, int] = (230, 230, 230),
+    shown: Optional[int] = None,
+    slot: Optional[Sequence[int]] = None,
+    zoom: Optional[int] = None,
+    margin: Optional[int] = None,
+    legend: Optional[list[tuple[int, str]]] = None,
+) -> tuple[Image.Image, Layout]:
+    """One picture of an episode.
+
+    Args:
+        image: uint8 (C, H, W), what the model saw (before normalisation).
+        boxes: (T, k, 4) int patch boxes of the T glimpses (from :func:`patch_boxes`).
+        title: text above the image; title_color its colour (green right, red wrong).
+        shown: draw glimpses 1..shown only (an animation frame); the last of them is drawn thicker.
+        slot: (T,) label slot of each glimpse (DRAM): one colour per slot instead of per step.
+        zoom, margin: pixels per image pixel; border (in drawing pixels) around the image so that
+            patches reaching outside it stay visible.
+        legend: (slot, text) pairs written under the image in the slot's colour.
+    Returns:
+        the RGB image and its :class:`Layout`.
+    """
+    _, H, W = image.shape
+    z = zoom or zoom_for(H, W)
+    T = boxes.shape[0]
+    if margin is None:
+        # room for half the largest patch, so that glimpses near the border show whole
+        largest = int((boxes[..., 2] - boxes[..., 0]).max()) if T else 0
+        margin = max(4, min(64, (largest // 2) * z))
+    legend_h = 18 if legend else 0
+    canvas_w, canvas_h = W * z + 2 * margin, H * z + 2 * margin + TITLE_H + legend_h
+    out = Image.new("RGB", (max(canvas_w, 120), canvas_h), BACKGROUND)
+    layout = Layout(z, margin, TITLE_H + margin)
+    pic = Image.fromarray(to_rgb(image)).resize((W * z, H * z), Image.NEAREST)
+    out.paste(pic, (layout.left, layout.top))
+    draw = ImageDraw.Draw(out)
+    font, small = _font(), _font(max(9, min(13, 2 * z)))
+    draw.text((4, 3), title, fill=title_color, font=font)
+    n = T if shown is None else min(shown, T)
+    width = max(1, z // 4)
+    # Later glimpses first, so that glimpse 1 (and the newest one of a frame) end up on top.
+    order = list(range(n - 1, -1, -1))
+    if shown is not None and n > 1:
+        order = [t for t in order if t != n - 1] + [n - 1]
+    for t in order:
+        if t == 0:
+            color, w = FIRST_COLOR, 2 * width
+        else:
+            key = slot[t] if slot is not None else t
+            color, w = STEP_COLORS[int(key) % len(STEP_COLORS)], width
+        if shown is not None and t == n - 1 and t != 0:
+            w = 2 * width
+        for box in boxes[t].tolist():
+            draw.rectangle(layout.rect(box), outline=color, width=w)
+        x0, y0, x1, y1 = boxes[t, 0].tolist()
+        cx = layout.left + ((x0 + x1) * z) // 2
+        cy = layout.top + ((y0 + y1) * z) // 2
+        draw.text((cx, cy), str(t + 1), fill=color, font=small, anchor="mm")
+    if legend:
+        x = 3
+        for s, text in legend:
+            color = STEP_COLORS[int(s) % len(STEP_COLORS)]
+            draw.text((x, canvas_h - legend_h + 2), text, fill=color, font=font)
+            x += int(draw.textlength(text, font=font)) + 10
+    return out, layout
+
+
+def grid(frames: list[Image.Image], columns: int = 4) -> Image.Image:
+    """Frames side by side, ``columns`` per row (each cell sized to the largest frame)."""
+    if not frames:
+        raise ValueError("no frames to put in a grid")
+    w = max(f.width for f in frames)
+    h = max(f.height for f in frames)
+    cols = min(columns, len(frames))
+    rows = math.ceil(len(frames) / cols)
+    out = Image.new("RGB", (cols * w, rows * h), BACKGROUND)
+    for i, f in enumerate(frames):
+        out.paste(f, ((i % cols) * w, (i // cols) * h))
+    return out
+
+
+def save_gif(frames: list[Image.Image], path: Path, duration_ms: int = 700) -> Path:
+    """An animated GIF, one frame per glimpse, looping."""
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, optimize=False, disposal=1
+    )
+    return path
+
+
+def label_text(tokens: Sequence[int], spec: DataSpec) -> str:
+    """How a label prints: the class name, or a sequence's tokens up to (not including) its end token."""
+    names = spec.class_names
+    if not spec.is_sequence:
+        return names[int(tokens[0])]
+    out = []
+    for t in tokens:
+        t = int(t)
+        if t < 0 or t == spec.end_token:
+            break
+        out.append(names[t] if t < len(names) else "?")
+    sep = "" if all(len(n) == 1 for n in names if n != names[spec.end_token]) else " "
+    return sep.join(out) or "(empty)"
+
+
+@dataclass
+class EpisodeDrawing:
+    """What is needed to draw one image's episode."""
+
+    image: torch.Tensor  # uint8 (C, H, W)
+    boxes: torch.Tensor  # (T, k, 4)
+    slot: Optional[list[int]]  # (T,) label slot per glimpse (DRAM)
+    pred: list[int]
+    truth: list[int]
+    spec: DataSpec
+
+    @property
+    def correct(self) -> bool:
+        if not self.spec.is_sequence:
+            return self.pred[0] == self.truth[0]
+        end = self.spec.end_token
+        n = next((i for i, t in enumerate(self.truth) if t == end), len(self.truth) - 1) + 1
+        return self.pred[:n] == self.truth[:n]
+
+    def title(self) -> str:
+        return f"pred {label_text(self.pred, self.spec)} | true {label_text(self.truth, self.spec)}"
+
+    def legend(self) -> Optional[list[tuple[int, str]]]:
+        if self.slot is None:
+            return None
+        used = sorted(set(self.slot))
+        names = self.spec.class_names
+        return [(s, f"{s + 1}:{names[self.pred[s]] if s < len(self.pred) else '?'}") for s in used]
+
+    def frame(self, shown: Optional[int] = None, zoom: Optional[int] = None) -> Image.Image:
+        # every animation frame says which glimpse it shows (this also keeps GIF writers from
+        # merging two identical frames: the mean policy may look at one spot twice)
+        title = self.title() if shown is None else f"{shown}/{self.boxes.shape[0]}  {self.title()}"
+        return glimpse_frame(
+            self.image, self.boxes, title=title, title_color=RIGHT if self.correct else WRONG,
+            shown=shown, slot=self.slot, zoom=zoom, legend=self.legend(),
+        )[0]
+
+    def frames(self, zoom: Optional[int] = None) -> list[Image.Image]:
+        """One frame per glimpse: glimpses 1..t on frame t."""
+        return [self.frame(shown=t, zoom=zoom) for t in range(1, self.boxes.shape[0] + 1)]
+
+
+@torch.no_grad()
+def draw_episodes(
+    model: torch.nn.Module,
+    images_u8: torch.Tensor,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    spec: DataSpec,
+    sizes: list[int],
+    seed: int,
+) -> list[EpisodeDrawing]:
+    """Run the mean policy on a few images and return what to draw.
+
+    images_u8: uint8 (B, C, H, W) as the model sees them; inputs: the same, normalised; labels (B,) or
+    (B, L'); sizes: the retina's patch sides; seed: fixes RAM's random l_0.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    kwargs = {}
+    if labels.ndim > 1:
+        kwargs["num_slots"] = max(int((labels >= 0).sum(dim=1).max()), 1)
+    episode = model(inputs, policy="mean", generator=generator, **kwargs)
+    model.train(was_training)
+    H, W = inputs.shape[-2:]
+    boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
+    pred = episode.log_probs.argmax(-1).cpu()
+    slot = getattr(episode, "step_slot", None)
+    out = []
+    for b in range(images_u8.shape[0]):
+        p = pred[b].reshape(-1).tolist()
+        y = labels[b].reshape(-1).tolist()
+        out.append(
+            EpisodeDrawing(
+                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, spec
+            )
+        )
+    return out
+
+
+def heatmap(
+    hist: torch.Tensor,
+    path: Path,
+    *,
+    background: Optional[torch.Tensor] = None,
+    title: str = "",
+) -> Path:
+    """Glimpse centres over the test set: counts (H, W) as a heat map over ``background`` (uint8
+    (C, H, W), e.g. the mean test image), with a colour bar in glimpses per pixel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = hist.detach().cpu().double().numpy()
+    H, W = h.shape
+    fig, ax = plt.subplots(figsize=(5.2, 5.2 * H / W + 0.4), dpi=100)
+    if background is not None:
+        ax.imshow(to_rgb(background), extent=(0, W, H, 0), interpolation="nearest")
+    shown = np.ma.masked_where(h <= 0, h)
+    im = ax.imshow(shown, cmap="inferno", alpha=0.75 if background is not None else 1.0,
+                   extent=(0, W, H, 0), interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="glimpses centred on the pixel")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_table(rows: list[dict], csv_path: Path, md_path: Optional[Path] = None, title: str = "") -> list[Path]:
+    """Rows (dicts with the same keys first) as CSV and, optionally, a Markdown table."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    written = [csv_path]
+    if md_path is not None:
+
+        def cell(v) -> str:
+            if isinstance(v, float):
+                return "-" if math.isnan(v) else f"{v:.4f}"
+            return "-" if v is None else str(v)
+
+        lines = [f"# {title}", ""] if title else []
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+        md_path.write_text("\n".join(lines) + "\n")
+        written.append(md_path)
+    return written
+
+
+def parallel_coordinates(
+    rows: list[dict], keys: list[str], metric: str, path: Path, mode: str = "min", metric_label: Optional[str] = None
+) -> Path:
+    """One line per trial across the searched ``keys`` and ``metric`` (each axis scaled to its own
+    range, log-scaled when it spans over 10x; text values placed in order of appearance); the best
+    trial drawn thick, lines coloured by the metric. Trials without a finite metric are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = list(keys) + [metric]
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not scored:
+        raise ValueError(f"no trial has a finite {metric}")
+    ticks: dict[str, tuple[list[float], list[str]]] = {}
+    columns = []
+    for a in axes:
+        vals = [r.get(a) for r in scored]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if numeric:
+            x = np.asarray(vals, dtype=float)
+            log = a != metric and x.min() > 0 and x.max() / x.min() > 10
+            y = np.log10(x) if log else x
+            lo, hi = float(y.min()), float(y.max())
+            span = hi - lo or 1.0
+            columns.append((y - lo) / span)
+            tick_y = np.linspace(0, 1, 3)
+            ticks[a] = (list(tick_y), [f"{(10 ** (lo + t * span)) if log else lo + t * span:.3g}" for t in tick_y])
+        else:
+            cats = list(dict.fromkeys(str(v) for v in vals))
+            pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+            columns.append(np.asarray([pos[str(v)] for v in vals]))
+            ticks[a] = (list(pos.values()), cats)
+    data = np.stack(columns, axis=1)  # (trials, axes)
+    m = np.asarray([r[metric] for r in scored], dtype=float)
+    best = int(np.argmin(m) if mode == "min" else np.argmax(m))
+    fig, ax = plt.subplots(figsize=(1.8 * len(axes) + 2, 4.2), dpi=100)
+    cmap = plt.get_cmap("viridis_r" if mode == "min" else "viridis")
+    norm = plt.Normalize(m.min(), m.max() if m.max() > m.min() else m.min() + 1)
+    xs = np.arange(len(axes))
+    for i in range(len(scored)):
+        ax.plot(xs, data[i], color=cmap(norm(m[i])), lw=3.5 if i == best else 1.2, alpha=0.95 if i == best else 0.7)
+    for j, a in enumerate(axes):
+        ax.axvline(j, color="0.5", lw=0.8)
+        for ty, tl in zip(*ticks[a]):
+            ax.text(j + 0.03, ty, tl, fontsize=7, va="center")
+    label = metric_label or metric
+    ax.set_xticks(xs, [label if a == metric else a for a in axes], rotation=15, fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(axes) - 0.6)
+    ax.set_title(f"{len(scored)} trials; thick: best {label} {m[best]:.4g} ({scored[best].get('trial_id', '')})", fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
