@@ -159,6 +159,28 @@ def _prepare_multinumber(argv: list[str]) -> int:
     return 0
 
 
+def _tracking_uri_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--tracking-uri", default=None,
+        help=f"{what}: an MLflow server URL or a store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+
+
+def _tracking_uri(args: argparse.Namespace, must_exist: bool) -> str:
+    """The resolved --tracking-uri, checked: a server answers; with ``must_exist`` a sqlite store exists."""
+    from pathlib import Path
+
+    from attn.errors import TrackingError
+    from attn.tracking import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    if must_exist and db is not None and not Path(db).is_file():
+        raise TrackingError(f"{db}: no MLflow store there; pass --tracking-uri (a server URL or sqlite:///path/mlflow.db)")
+    check_reachable(uri)
+    return uri
+
+
 def _show(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="run.py show",
@@ -166,21 +188,13 @@ def _show(argv: list[str]) -> int:
     )
     p.add_argument("run_id", help="MLflow run id (printed by a run's `done:` line; in the MLflow UI)")
     p.add_argument("--to", metavar="DIR", default=None, help="folder to write into (./show-<run name>)")
-    p.add_argument(
-        "--tracking-uri", default=None,
-        help="where the run is: an MLflow server URL or a store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
-    )
+    _tracking_uri_option(p, "where the run is")
     args = p.parse_args(argv)
     from pathlib import Path
 
-    from attn.errors import TrackingError
     from attn.show import show_run
-    from attn.tracking import check_reachable, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise TrackingError(f"{uri[len('sqlite:///'):]}: no MLflow store there; pass --tracking-uri (a server URL or sqlite:///path/mlflow.db)")
-    check_reachable(uri)
+    uri = _tracking_uri(args, must_exist=True)
     dest, text = show_run(uri, args.run_id, Path(args.to) if args.to else None)
     print(text, end="")
     print(f"done: {dest}")
@@ -233,19 +247,15 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the stored config (not of its architecture)")
     p.add_argument("--split", choices=["test", "val"], default="test", help="the split to score (test)")
     p.add_argument("--mc", type=int, default=None, metavar="M", help="sampled episodes averaged (eval.mc_samples)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store or server holding the source and receiving the evaluation run "
-                        "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _tracking_uri_option(p, "the store holding the source and receiving the evaluation run")
     p.add_argument("--experiment", default=None, help="MLflow experiment of the evaluation run (the source run's)")
     args = p.parse_args(argv)
     if args.mc is not None and args.mc < 1:
         p.error("--mc must be at least 1")
 
     from attn.evaluation import run_eval
-    from attn.tracking import check_reachable, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    check_reachable(uri)
+    uri = _tracking_uri(args, must_exist=False)
     result = run_eval(
         args.source, tracking_uri=uri, split=args.split, mc_samples=args.mc, overrides=args.overrides,
         experiment=args.experiment,

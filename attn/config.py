@@ -663,7 +663,7 @@ class EvalConfig(Section):
         "they always are at the end, with the heat map and the accuracy tables.",
     )
     viz_images: int = Field(
-        12,
+        8,
         ge=0,
         le=64,
         description="How many test images are drawn (the first N of the test split, the same in every run and "
@@ -871,7 +871,7 @@ class ExperimentConfig(Section):
             m.core.check_against(
                 m.hidden_size,
                 1 + self.max_tokens() * m.steps_per_token(),
-                "the dram top stream's steps 1 + (data.max_digits + 1) * (model.explore_steps + model.glimpses_per_digit)",
+                f"the dram top stream's steps 1 + {self._slots_key()} * (model.explore_steps + model.glimpses_per_digit)",
             )
         return self
 
@@ -893,6 +893,14 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"model.glimpse_color = 'rgb' needs colour images; data.color = {d.color!r}: set data.color=rgb"
             )
+
+    def _slots_key(self) -> str:
+        """How the label slot count is set, for messages."""
+        if self.data.task == "multinumber":
+            return f"{MULTINUMBER_TOKENS} label slots"
+        if self.data.task == "image_sequences":
+            return "(data.max_length + 1)"
+        return "(data.max_digits + 1)"
 
     def max_tokens(self) -> int:
         """Label slots L per image: 1 for classification, max_digits + 1 (digits, end token) for svhn,

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from svhn_fixture import make_svhn_dataset  # noqa: E402
-from test_training import mlflow_client, only_run, run_cli, running_ray_head, steps  # noqa: E402
+from test_training import mlflow_client, only_run, run_cli, run_clis_together, running_ray_head, steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -68,20 +68,30 @@ def multinumber(svhn, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def runs(cluster, svhn, multinumber, tmp_path_factory):
+    """All four contexts' runs, started together on the module's Ray head (2 CPUs: two 1-CPU runs at a
+    time, Ray queues the rest): {context: (folder, finished process)}."""
+    jobs = {}
+    for context, (experiment, extra) in CASES.items():
+        folder = tmp_path_factory.mktemp(f"ctx_{context}")
+        if context == "vit":  # on the multinumber task: two numbers, a separator, 6 label slots
+            (folder / "vit.json").write_text(json.dumps(VIT))
+            data = [f"data.data_dir={multinumber}", f"model.context.vit_config={folder / 'vit.json'}"]
+            tiny = [t for t in TINY if not t.startswith("data.max_digits")]
+        else:
+            data = [f"data.data_dir={svhn}", "data.use_extra=false"]
+            tiny = TINY
+        jobs[context] = (folder, [str(ROOT / "experiments" / experiment), *data, f"data.cache_dir={folder / 'cache'}",
+                                  *tiny, *extra, f"ray.address={cluster}"])
+    done = run_clis_together(list(jobs.values()), timeout=600)
+    return {context: (jobs[context][0], proc) for context, proc in zip(jobs, done)}
+
+
 @pytest.mark.parametrize("context", list(CASES))
-def test_each_context_trains_through_ray_train(tmp_path, request, cluster, context):
-    experiment, extra = CASES[context]
-    if context == "vit":  # on the multinumber task: two numbers, a separator, 6 label slots
-        (tmp_path / "vit.json").write_text(json.dumps(VIT))
-        data = [f"data.data_dir={request.getfixturevalue('multinumber')}", f"model.context.vit_config={tmp_path / 'vit.json'}"]
-        tiny = [t for t in TINY if not t.startswith("data.max_digits")]
-    else:
-        data = [f"data.data_dir={request.getfixturevalue('svhn')}", "data.use_extra=false"]
-        tiny = TINY
-    proc = run_cli(
-        tmp_path, str(ROOT / "experiments" / experiment), *data, f"data.cache_dir={tmp_path / 'cache'}",
-        *tiny, *extra, f"ray.address={cluster}", timeout=400,
-    )
+def test_each_context_trains_through_ray_train(runs, context):
+    experiment, _ = CASES[context]
+    tmp_path, proc = runs[context]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 1/1" in proc.stdout
     client = mlflow_client(tmp_path)

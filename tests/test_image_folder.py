@@ -434,16 +434,50 @@ def test_bad_folder_gives_one_line_naming_the_file(tmp_path, mnist, monkeypatch,
 # ---------------------------------------------------------------------------------------------
 # end to end: RAM and DRAM through Ray Train and MLflow, on written experiments
 # ---------------------------------------------------------------------------------------------
-def _train(tmp_path: Path, data: Path, *overrides: str):
-    from test_training import mlflow_client, only_run, run_cli
+@pytest.fixture(scope="module")
+def cluster():
+    """One Ray head for both training runs (each run.py joins it with ray.address)."""
+    from test_training import running_ray_head
 
-    exp = tmp_path / "experiments" / "own.yaml"
-    assert main(["init-experiment", "--data", str(data), "--to", str(exp)]) == 0
-    proc = run_cli(tmp_path, str(exp), "eval.mc_samples=2", *overrides, timeout=300)
+    with running_ray_head() as address:
+        yield address
+
+
+# per-image normalisation: the background colours vary from image to image
+RAM_ARGS = ["train.epochs=12", "train.batch_size=32", "train.lr=2e-3", "data.normalize=per_image",
+            "model.hidden_size=64", "model.what_size=64", "model.where_size=64"]
+DRAM_ARGS = ["train.epochs=10", "train.batch_size=32", "train.lr=1e-3", "train.scheduler=none", "model.hidden_size=64",
+             "model.conv_channels=[16,16,32]", "model.glimpses_per_digit=2", "model.retina.num_scales=2"]
+RGB_DIGITS = (0, 1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def trained_own(cluster, mnist, tmp_path_factory):
+    """RAM on an RGB image folder and DRAM on label sequences, each from the experiment file that
+    `run.py init-experiment` wrote, started together on the module's Ray head (1 CPU each).
+    {"ram" | "dram": (folder, finished process, what was written)}."""
+    from test_training import run_clis_together
+
+    ram_dir, dram_dir = tmp_path_factory.mktemp("own_ram"), tmp_path_factory.mktemp("own_dram")
+    rgb = make_rgb(ram_dir / "colour digits", mnist, n=80, digits=RGB_DIGITS)
+    # 0s and 1s: distinct enough for DRAM to read 1-3 of them within seconds of CPU training
+    written = make_seq(dram_dir / "numbers", mnist, n_train=800, n_test=100, digits=(0, 1))
+    jobs = []
+    for folder, data, extra in ((ram_dir, rgb, RAM_ARGS), (dram_dir, dram_dir / "numbers", DRAM_ARGS)):
+        exp = folder / "experiments" / "own.yaml"
+        assert main(["init-experiment", "--data", str(data), "--to", str(exp)]) == 0
+        jobs.append((folder, [str(exp), "eval.mc_samples=2", f"ray.address={cluster}", "ray.cpus_per_worker=1", *extra]))
+    ram, dram = run_clis_together(jobs, timeout=600)
+    return {"ram": (ram_dir, ram, None), "dram": (dram_dir, dram, written)}
+
+
+def _finished(trained_own, which: str):
+    from test_training import mlflow_client, only_run
+
+    folder, proc, written = trained_own[which]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    client = mlflow_client(tmp_path)
-    run = only_run(client, "own")
-    return run, client
+    client = mlflow_client(folder)
+    return only_run(client, "own"), client, folder, written
 
 
 def _predictions(client, run, tmp_path: Path) -> list[dict]:
@@ -453,14 +487,9 @@ def _predictions(client, run, tmp_path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_ram_trains_on_own_rgb_images(tmp_path, mnist):
-    digits = (0, 1, 2, 3, 4)
-    data = make_rgb(tmp_path / "colour digits", mnist, n=80, digits=digits)
-    # per-image normalisation: the background colours vary from image to image
-    run, client = _train(
-        tmp_path, data, "train.epochs=12", "train.batch_size=32", "train.lr=2e-3", "data.normalize=per_image",
-        "model.hidden_size=64", "model.what_size=64", "model.where_size=64",
-    )
+def test_ram_trains_on_own_rgb_images(trained_own):
+    run, client, tmp_path, _ = _finished(trained_own, "ram")
+    digits = RGB_DIGITS
     names = sorted(NAMES[d] for d in digits)
     chance = 100.0 * (1 - 1 / len(names))
     assert run.data.params["data.task"] == "image_folder" and run.data.params["data.color"] == "rgb"
@@ -474,14 +503,8 @@ def test_ram_trains_on_own_rgb_images(tmp_path, mnist):
 
 
 @pytest.mark.slow
-def test_dram_trains_on_own_label_sequences(tmp_path, mnist):
-    # 0s and 1s: distinct enough for DRAM to read 1-3 of them within seconds of CPU training
-    root = tmp_path / "numbers"
-    written = make_seq(root, mnist, n_train=800, n_test=100, digits=(0, 1))
-    run, client = _train(
-        tmp_path, root, "train.epochs=10", "train.batch_size=32", "train.lr=1e-3", "train.scheduler=none", "model.hidden_size=64",
-        "model.conv_channels=[16,16,32]", "model.glimpses_per_digit=2", "model.retina.num_scales=2",
-    )
+def test_dram_trains_on_own_label_sequences(trained_own):
+    run, client, tmp_path, written = _finished(trained_own, "dram")
     m = run.data.metrics
     assert run.data.params["data.task"] == "image_sequences" and run.data.params["data.max_length"] == "3"
     labels = [label for _, label in written["test"]]

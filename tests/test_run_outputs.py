@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from test_cluster import mlflow_server
-from test_training import EXPERIMENT, run_cli
+from test_training import EXPERIMENT
 
 pytestmark = pytest.mark.slow
 
@@ -82,12 +82,15 @@ def test_show_fetches_pictures_and_summary(trained, tmp_path):
     assert run.info.run_id in summary and f"| test_error | {run.data.metrics['test_error']:.4g} |" in summary
     assert summary in proc.stdout
 
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "show", "0123456789abcdef", "--to", str(tmp_path / "x")],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
-    )
-    assert bad.returncode != 0 and bad.stderr.startswith("error: no MLflow run '0123456789abcdef'")
-    assert "Traceback" not in bad.stderr
+
+def test_show_of_an_unknown_run_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    from attn.cli import main
+
+    cwd, client, run = trained
+    monkeypatch.chdir(cwd)
+    assert main(["show", "0123456789abcdef", "--to", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MLflow run '0123456789abcdef'") and len(err.strip().splitlines()) == 1
 
 
 def _chromium() -> tuple[str, str] | None:
@@ -160,12 +163,14 @@ def test_mlflow_ui_shows_the_glimpse_picture_in_a_browser(trained, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the run's weights as a product: eval, MLflow's PyTorch format, transfer
 # ---------------------------------------------------------------------------------------------
-def test_eval_from_run_id_reproduces_the_logged_test_error(trained):
+def test_eval_from_run_id_reproduces_the_logged_test_error(trained, monkeypatch, capsys):
+    from attn.cli import main
+
     cwd, client, run = trained
-    proc = run_cli(cwd, "eval", run.info.run_id, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(cwd)  # the default store: ./mlflow.db
+    assert main(["eval", run.info.run_id]) == 0
     logged = run.data.metrics
-    assert f"done: test error {logged['test_error']:.2f}%" in proc.stdout
+    assert f"done: test error {logged['test_error']:.2f}%" in capsys.readouterr().out
     evals = client.search_runs([run.info.experiment_id], filter_string="tags.`attn.kind` = 'eval'")
     ev = next(r for r in evals if r.data.tags.get("attn.source") == run.info.run_id)
     assert ev.data.metrics["test_error"] == logged["test_error"]  # same seed, mean policy: exactly

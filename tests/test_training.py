@@ -32,6 +32,30 @@ def run_cli(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedPr
     return proc
 
 
+def run_clis_together(jobs: list[tuple[Path, list[str]]], timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """`python run.py ARGS` in each (folder, ARGS) at the same time (on a shared Ray cluster their
+    start-up and Ray's scheduling overlap); waits for all, kills any still running at ``timeout``."""
+    procs = [
+        subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for cwd, args in jobs
+    ]
+    deadline = time.time() + timeout
+    done = []
+    try:
+        for proc, (_, args) in zip(procs, jobs):
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.time()))
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+            if proc.returncode != 0:
+                print(out[-5000:], err[-5000:])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return done
+
+
 @contextlib.contextmanager
 def background_run(cwd: Path, *args: str):
     """`python run.py ARGS` in its own process group, output piped; killed on exit if still running."""

@@ -27,6 +27,9 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 def flops_per_image(model: nn.Module, spec: DataSpec) -> int:
     """Forward FLOPs of one episode on one image (on a CPU copy, so training state is untouched)."""
     m = copy.deepcopy(model).cpu().eval()
+    # the counter's module tracker hooks the inputs that require grad; a view made under no_grad from
+    # a parameter (e.g. DRAM's ViT query expanded to the batch) has none to hook, so none may require it
+    m.requires_grad_(False)
     x = torch.zeros(1, spec.channels, spec.height, spec.width)
     kwargs = {"num_slots": spec.max_tokens} if spec.is_sequence else {}
     counter = FlopCounterMode(display=False)

@@ -192,14 +192,10 @@ def fit(
     if is_chief and start_epoch == 0:
         cost = model_cost(model, data.spec)
         tracker.log_metrics(cost, step=0)
-        n_params = cost["model_params"]
         log(
-            f"cost: {cost['model_params']:,} parameters ({cost['model_params_trainable']:,} trainable), "
-            f"{cost['model_flops_per_image'] / 1e6:,.1f} MFLOPs per image and episode"
-        )
-        log(
-            f"{cfg.model.name}/{cfg.model.core.kind} on {cfg.data.task}: {n_params:,} parameters; "
-            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
+            f"{cfg.model.name}/{cfg.model.core.kind} on {cfg.data.task}: {cost['model_params']:,} parameters "
+            f"({cost['model_params_trainable']:,} trainable), {cost['model_flops_per_image'] / 1e6:,.1f} MFLOPs "
+            f"per image and episode; {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
             f"{info.world} worker(s) x batch {tc.batch_size}"
         )
         for note in data.notes:
