@@ -16,8 +16,6 @@ image) and holds only sums, so that the shards of all DDP ranks add up to the wh
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 
@@ -26,9 +24,9 @@ from attn.models.retina import glimpse_centres
 
 
 class EvalDetails:
-    def __init__(self, spec: DataSpec, device: torch.device, height: Optional[int] = None, width: Optional[int] = None):
+    def __init__(self, spec: DataSpec, device: torch.device):
         self.spec = spec
-        self.height, self.width = height or spec.height, width or spec.width
+        self.height, self.width = spec.height, spec.width
         f64 = dict(dtype=torch.float64, device=device)
         self.glimpse_hist = torch.zeros(self.height, self.width, **f64)
         L, C = spec.max_tokens, spec.num_classes
