@@ -1,8 +1,9 @@
 """Benchmarks, each printing a table and then JSON (one line per row):
 
-- ``python -m attn.bench ram [--batch 128] [--steps 200] [--compile] [key=value ...]``: full training steps
-  (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped input in
-  this process with the default thread count: images/s (median over repeats) and peak memory.
+- ``python -m attn.bench ram [--batch 128] [--steps 200] [--compile] [--versus-loop] [key=value ...]``: full
+  training steps (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped
+  input in this process with the default thread count: images/s (median over repeats) and peak
+  memory; ``--versus-loop`` adds the generic autograd loop, measured in alternation with it.
 - ``python -m attn.bench dram [--batch 64] [--steps 20] [key=value ...]``: full training steps of DRAM
   (context net, two stacked cores, conv glimpse net, sequence hybrid loss) on random 54x54 gray input
   with labels of 1-3 digits plus the end token (4 label slots), 3 glimpses per digit (12 glimpses per
@@ -52,13 +53,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _training_rate(
-    model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None, device=None,
-    compile: bool = False,
-) -> list[float]:
-    """Images/s of full training steps, one value per repeat (after a warm-up, which also pays for
-    ``torch.compile`` when ``compile``). Default input: random MNIST-shaped images and labels. On a
-    GPU every repeat ends with a synchronisation."""
+def _training_step(model, cfg, batch: int, images=None, labels=None, end_token=None, device=None, compile: bool = False):
+    """One full training step of ``model`` as a closure: the step of ``train_epoch`` without the
+    data loader. Default input: random MNIST-shaped images and labels."""
     device = device or torch.device("cpu")
     optimizer = build_optimizer(model, cfg.train)
     forward = torch.compile(model) if compile else model
@@ -67,26 +64,43 @@ def _training_rate(
         labels = torch.randint(0, 10, (batch,))
     images, labels = images.to(device), labels.to(device)
     slots = label_slots(labels)
-
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
 
-    def step() -> None:  # the training step of train_epoch, without the data loader
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         terms = episode_loss(forward(images, **slots), labels, cfg.train.rl_coef, end_token)
         terms.total.backward()
         guarded_step(model, optimizer, guard, cfg.train.grad_clip)
 
-    for _ in range(max(steps // 10, 3)):
-        step()
-    rates = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
+    return step
+
+
+def _rates(steps_of: list, batch: int, steps: int, repeats: int, device=None) -> list[list[float]]:
+    """Images/s of each step closure, one value per repeat. Each repeat runs every closure for
+    ``steps`` steps in turn, so that closures measured together see the same machine (this one's
+    speed drifts by tens of percent within minutes). A warm-up first (it also pays for
+    ``torch.compile``). On a GPU every block ends with a synchronisation."""
+    device = device or torch.device("cpu")
+    for step in steps_of:
+        for _ in range(max(steps // 10, 3)):
             step()
-        _sync(device)
-        rates.append(steps * batch / (time.perf_counter() - start))
+    rates: list[list[float]] = [[] for _ in steps_of]
+    for _ in range(repeats):
+        for step, out in zip(steps_of, rates):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            out.append(steps * batch / (time.perf_counter() - start))
     return rates
+
+
+def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None,
+                   device=None, compile: bool = False) -> list[float]:
+    """Images/s of full training steps of one model, one value per repeat (see :func:`_rates`)."""
+    step = _training_step(model, cfg, batch, images, labels, end_token, device, compile)
+    return _rates([step], batch, steps, repeats, device)[0]
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -124,15 +138,26 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
     }
 
 
-def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None, compile: bool = False) -> dict:
+def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None, compile: bool = False,
+              versus_loop: bool = False) -> list[dict]:
+    """One row; with ``versus_loop`` two, measured in alternation: the model as built (the rnn core
+    runs the hand-written episode) and the same model through the generic autograd loop."""
     device = device or torch.device("cpu")
     cfg = load_config(None, overrides)
     configure_torch()
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, SPEC).to(device)
-    rates = _training_rate(model, cfg, batch, steps, repeats, device=device, compile=compile)
-    return _row("ram", model, cfg, rates, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses,
-                compiled=compile)
+    models, steps_of = [], []
+    for loop in (False, True) if versus_loop else (False,):
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, SPEC).to(device)
+        model.hand_written = model.hand_written and not loop
+        models.append(model)
+        steps_of.append(_training_step(model, cfg, batch, device=device, compile=compile))
+    rates = _rates(steps_of, batch, steps, repeats, device)
+    return [
+        _row("ram", model, cfg, r, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses, compiled=compile,
+             episode="hand-written" if model.hand_written else "loop")
+        for model, r in zip(models, rates)
+    ]
 
 
 DRAM_BASE = [
@@ -306,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ram, dram, background)")
     p.add_argument("--compile", action="store_true", help="ram: run the model through torch.compile")
+    p.add_argument(
+        "--versus-loop", action="store_true",
+        help="ram: also measure the generic autograd loop (in alternation) beside the hand-written rnn episode",
+    )
     p.add_argument("--image", type=int, default=54, help="dram: side of the random input images")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="dram: channels of the input images")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
@@ -316,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.which == "ram":
-            rows = [bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device, args.compile)]
-            keys = ["name", "device", "compiled", "core", "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb",
-                    "threads"]
+            rows = bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device, args.compile,
+                             args.versus_loop)
+            keys = ["name", "device", "episode", "compiled", "core", "glimpses", "batch", "images_per_s", "ms_per_step",
+                    "peak_mem_mb", "threads"]
         elif args.which == "dram":
             rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides, device, args.image,
                                args.channels)]

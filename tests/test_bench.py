@@ -14,12 +14,14 @@ def _json_rows(stdout: str) -> list[dict]:
 
 
 def test_bench_ram_prints_table_then_json():
-    proc = subprocess.run([sys.executable, "-m", "attn.bench", "ram", "--steps", "2", *TINY],
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "ram", "--steps", "2", "--versus-loop", *TINY],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last["name"] == "ram" and last["images_per_s"] > 0 and last["peak_mem_mb"] > 0
+    rows = _json_rows(proc.stdout)
+    assert [r["episode"] for r in rows] == ["hand-written", "loop"]
+    assert all(r["name"] == "ram" and r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
     assert "images_per_s" in proc.stdout.splitlines()[0]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == rows[-1]  # the JSON lines come last
 
 
 def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():

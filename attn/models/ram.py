@@ -28,7 +28,9 @@ from attn.data.base import DataSpec
 from attn.models.cores import build_core
 from attn.models.glimpse import GlimpseNetwork
 from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
+from attn.models.cores.rnn import RNNCore
 from attn.models.retina import Retina
+from attn.models.rnn_episode import rnn_episode
 
 Policy = Literal["sample", "mean"]
 
@@ -64,6 +66,9 @@ class RAM(nn.Module):
         self.locator = LocationNetwork(cfg.hidden_size)
         self.baseline = BaselineNetwork(cfg.hidden_size)
         self.classifier = Classifier(cfg.hidden_size, spec.num_classes)
+        # The rnn core with the default routing runs the hand-written episode (same outputs and
+        # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below.
+        self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input
 
     def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
         if self.initial_location == "center":
@@ -96,9 +101,26 @@ class RAM(nn.Module):
         noise = None
         if policy == "sample" and T > 1:
             noise = torch.randn(T - 1, B, 2, device=device, dtype=dtype, generator=generator) * self.std
-        padded = self.retina.pad(images)
-        state = self.core.init_state(B, device, dtype)
+        if self.hand_written:
+            h, hs, mus, locs = rnn_episode(self, images, loc, noise)
+        else:
+            h, hs, mus, locs = self._loop(images, loc, noise)
+        # hs (T-1, B, d) = h_1..h_{T-1}, mus (T-1, B, 2), locs (T, B, 2) = l_0..l_{T-1}: time first
+        log_probs = self.classifier(h)
+        if T > 1:
+            log_pi = gaussian_log_prob(locs[1:], mus, self.std).t()
+            baselines = self.baseline(hs.detach()).t()
+        else:
+            log_pi = baselines = images.new_zeros(B, 0)
+        return Episode(log_probs, log_pi, baselines, locs.transpose(0, 1))
 
+    def _loop(self, images: torch.Tensor, loc: torch.Tensor, noise: Optional[torch.Tensor]):
+        """The episode as a plain autograd loop over the modules (any core, any routing): h_T, and
+        the states, means and locations stacked time first (see ``forward``)."""
+        B, _, H, W = images.shape
+        T = self.num_glimpses
+        padded = self.retina.pad(images)
+        state = self.core.init_state(B, images.device, images.dtype)
         locations, mus, hiddens = [loc], [], []
         for t in range(T):
             patches = self.retina(padded, loc, H, W).flatten(1)
@@ -111,13 +133,7 @@ class RAM(nn.Module):
             loc = (mu + noise[t]).detach() if noise is not None else mu.detach()
             mus.append(mu)
             locations.append(loc)
-
-        log_probs = self.classifier(h)
-        if T > 1:
-            hs = torch.stack(hiddens, dim=1)  # (B, T-1, d)
-            log_pi = gaussian_log_prob(torch.stack(locations[1:], 1), torch.stack(mus, 1), self.std)
-            baselines = self.baseline(hs.detach())
-        else:
-            log_pi = baselines = images.new_zeros(B, 0)
-        return Episode(log_probs, log_pi, baselines, torch.stack(locations, dim=1))
+        empty = images.new_zeros(0, B, h.shape[-1])
+        hs = torch.stack(hiddens) if hiddens else empty
+        return h, hs, torch.stack(mus) if mus else empty[..., :2], torch.stack(locations)
 

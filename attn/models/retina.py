@@ -92,13 +92,18 @@ class Retina(nn.Module):
         lo, hi = self.S // 2, self.S - self.S // 2
         return F.pad(images, (lo, hi, lo, hi), value=self.pad_value)
 
-    def _flat_offsets(self, padded_width: int, device: torch.device) -> torch.Tensor:
-        """(S*S,) offsets of an S x S patch's pixels from its top-left, in a flattened padded image."""
-        key = (padded_width, device)
+    def _index_constants(self, height: int, width: int, padded_width: int, device: torch.device, dtype: torch.dtype):
+        """Per image size, cached: (W/2, H/2) for :func:`glimpse_centres`, the flat strides (1, W + S) of
+        a padded image, and the (S*S,) offsets of an S x S patch's pixels from its top-left."""
+        key = (height, width, padded_width, device, dtype)
         cached = self._offset_cache.get(key)
         if cached is None:
             o = torch.arange(self.S, device=device)
-            cached = (o[:, None] * padded_width + o[None, :]).reshape(-1)
+            cached = (
+                torch.tensor([0.5 * width, 0.5 * height], device=device, dtype=dtype),
+                torch.tensor([1, padded_width], device=device),
+                (o[:, None] * padded_width + o[None, :]).reshape(-1),
+            )
             self._offset_cache[key] = cached
         return cached
 
@@ -113,10 +118,10 @@ class Retina(nn.Module):
             (B, k * C, g, g): scale-major channel order (all C channels of patch 0, then patch 1, ...).
         """
         B, C, Hp, Wp = padded.shape
-        c = glimpse_centres(loc, height, width)
+        half, strides, offsets = self._index_constants(height, width, Wp, padded.device, loc.dtype)
+        c = torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * half).long()  # glimpse_centres, constants cached
         # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
-        top_left = c[:, 1] * Wp + c[:, 0]  # (B,)
-        idx = top_left[:, None] + self._flat_offsets(Wp, padded.device)  # (B, S*S)
+        idx = (c * strides).sum(1, keepdim=True) + offsets  # (B, S*S) flat indices
         flat = padded.reshape(B, C, Hp * Wp)
         patch = flat.gather(2, idx[:, None, :] if C == 1 else idx[:, None, :].expand(B, C, -1))
         patch = patch.view(B, C, self.S, self.S)
