@@ -155,7 +155,7 @@ def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device
     rates = _rates(steps_of, batch, steps, repeats, device)
     return [
         _row("ram", model, cfg, r, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses, compiled=compile,
-             episode="hand-written" if model.hand_written else "loop")
+             episode="hand-written" if model.hand_written and not compile else "loop")
         for model, r in zip(models, rates)
     ]
 

@@ -67,7 +67,8 @@ class RAM(nn.Module):
         self.baseline = BaselineNetwork(cfg.hidden_size)
         self.classifier = Classifier(cfg.hidden_size, spec.num_classes)
         # The rnn core with the default routing runs the hand-written episode (same outputs and
-        # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below.
+        # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below,
+        # which torch.compile also takes (it fuses the loop's operations itself).
         self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input
 
     def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -101,7 +102,7 @@ class RAM(nn.Module):
         noise = None
         if policy == "sample" and T > 1:
             noise = torch.randn(T - 1, B, 2, device=device, dtype=dtype, generator=generator) * self.std
-        if self.hand_written:
+        if self.hand_written and not torch.compiler.is_compiling():
             h, hs, mus, locs = rnn_episode(self, images, loc, noise)
         else:
             h, hs, mus, locs = self._loop(images, loc, noise)
