@@ -19,7 +19,7 @@ train: $(VENV)/.installed
 	$(PY) run.py experiments/mnist_ram.yaml
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 bench: $(VENV)/.installed
 	$(PY) -m attn.bench ram

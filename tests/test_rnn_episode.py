@@ -75,3 +75,13 @@ def test_no_graph_is_kept_without_gradients():
     with torch.no_grad():
         ep = model(torch.randn(4, 1, 28, 28))
     assert not ep.log_probs.requires_grad and ep.log_probs.grad_fn is None
+
+
+def test_autocast_takes_the_loop():
+    """The hand-written episode writes into buffers of the input's dtype; under autocast the loop,
+    which casts op by op, must run instead (and give the autocast dtype)."""
+    model = RAM(ModelConfig(num_glimpses=3, hidden_size=32), GRAY)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ep = model(torch.randn(4, 1, 28, 28))
+    assert ep.log_probs.dtype == torch.bfloat16
+    assert model.hand_written  # still the choice outside autocast

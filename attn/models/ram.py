@@ -11,8 +11,10 @@ Episode of T glimpses (``num_glimpses``) on images x (B, C, H, W):
     log p(y | x) = log_softmax(Linear(h_T))
 
 ``forward`` runs the whole episode in one call (one forward per backward keeps DDP's reducer sound)
-and returns an :class:`Episode`. REINFORCE pairs log pi(l_t) with b_t for t = 1..T-1: the actions
-that were actually used as glimpse locations.
+and returns an :class:`Episode`; with the rnn core and the default routing the episode is the
+hand-written one of :mod:`attn.models.rnn_episode` (same outputs and gradients, a faster step).
+REINFORCE pairs log pi(l_t) with b_t for t = 1..T-1: the actions that were actually used as glimpse
+locations.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from torch import nn
 from attn.config import ModelConfig
 from attn.data.base import DataSpec
 from attn.models.cores import build_core
+from attn.models.cores.rnn import RNNCore
 from attn.models.glimpse import GlimpseNetwork
 from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
-from attn.models.cores.rnn import RNNCore
 from attn.models.retina import Retina
 from attn.models.rnn_episode import rnn_episode
 
@@ -67,8 +69,7 @@ class RAM(nn.Module):
         self.baseline = BaselineNetwork(cfg.hidden_size)
         self.classifier = Classifier(cfg.hidden_size, spec.num_classes)
         # The rnn core with the default routing runs the hand-written episode (same outputs and
-        # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below,
-        # which torch.compile also takes (it fuses the loop's operations itself).
+        # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below.
         self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input
 
     def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -102,7 +103,7 @@ class RAM(nn.Module):
         noise = None
         if policy == "sample" and T > 1:
             noise = torch.randn(T - 1, B, 2, device=device, dtype=dtype, generator=generator) * self.std
-        if self.hand_written and not torch.compiler.is_compiling():
+        if self._hand_written_now(device):
             h, hs, mus, locs = rnn_episode(self, images, loc, noise)
         else:
             h, hs, mus, locs = self._loop(images, loc, noise)
@@ -114,6 +115,15 @@ class RAM(nn.Module):
         else:
             log_pi = baselines = images.new_zeros(B, 0)
         return Episode(log_probs, log_pi, baselines, locs.transpose(0, 1))
+
+    def _hand_written_now(self, device: torch.device) -> bool:
+        """The hand-written episode runs eagerly in the buffers' dtype: torch.compile and autocast
+        take the loop (same mathematics), which they can trace and cast op by op."""
+        return (
+            self.hand_written
+            and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(device.type)
+        )
 
     def _loop(self, images: torch.Tensor, loc: torch.Tensor, noise: Optional[torch.Tensor]):
         """The episode as a plain autograd loop over the modules (any core, any routing): h_T, and
