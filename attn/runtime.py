@@ -31,9 +31,9 @@ def keep_freed_memory() -> bool:
     heap, instead of mapping every block over 128 KiB afresh and returning it to the system when freed.
 
     A training step allocates and frees the same few hundred KiB-sized tensors every time; with
-    glibc's defaults many of them are fresh mappings whose every page faults on first touch (50 to 400
-    faults per step of ``python -m attn.bench ram``, which runs 4-6% faster without them: see
-    docs/benchmarks.md). Values are unchanged; only where the memory comes from. Returns False where
+    glibc's defaults many of them are fresh mappings whose every page faults on first touch (up to 400
+    faults per step of ``python -m attn.bench ram``, depending on glibc's adaptive threshold; the
+    benchmark runs about 5% faster without them: see docs/benchmarks.md). Values are unchanged; only where the memory comes from. Returns False where
     the C library is not glibc (nothing is changed).
     """
     if not sys.platform.startswith("linux"):

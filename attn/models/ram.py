@@ -96,7 +96,7 @@ class RAM(nn.Module):
         """
         if copies > 1:
             images = images.repeat(copies, *([1] * (images.ndim - 1)))
-        B, _, H, W = images.shape
+        B = images.shape[0]
         T = self.num_glimpses
         device, dtype = images.device, images.dtype
         loc = self.initial_locations(B, device, dtype, generator)

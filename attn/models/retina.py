@@ -18,6 +18,7 @@ Python loop over samples or scales.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,14 @@ def patch_sizes(patch_size: int, num_scales: int, scale: float) -> list[int]:
     return [int(math.floor(patch_size * scale**i + 1e-9)) for i in range(num_scales)]
 
 
-def glimpse_centres(loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(..., 2) locations l -> (..., 2) int64 centre pixels (cx, cy) = floor((clamp(l) + 1) / 2 * (W, H))."""
-    size = loc.new_tensor([0.5 * width, 0.5 * height])
-    return torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * size).long()
+def glimpse_centres(loc: torch.Tensor, height: int, width: int, half: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(..., 2) locations l -> (..., 2) int64 centre pixels (cx, cy) = floor((clamp(l) + 1) / 2 * (W, H)).
+
+    half: (W/2, H/2) as a tensor of loc's dtype and device, when the caller keeps one (the retina does).
+    """
+    if half is None:
+        half = loc.new_tensor([0.5 * width, 0.5 * height])
+    return torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * half).long()
 
 
 def patch_boxes(loc: torch.Tensor, height: int, width: int, sizes: list[int]) -> torch.Tensor:
@@ -119,7 +124,7 @@ class Retina(nn.Module):
         """
         B, C, Hp, Wp = padded.shape
         half, strides, offsets = self._index_constants(height, width, Wp, padded.device, loc.dtype)
-        c = torch.floor((loc.clamp(-1.0, 1.0) + 1.0) * half).long()  # glimpse_centres, constants cached
+        c = glimpse_centres(loc, height, width, half)
         # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
         idx = (c * strides).sum(1, keepdim=True) + offsets  # (B, S*S) flat indices
         flat = padded.reshape(B, C, Hp * Wp)
