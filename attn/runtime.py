@@ -33,8 +33,8 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees the same few hundred KiB-sized tensors every time; with
     glibc's defaults many of them are fresh mappings whose every page faults on first touch (up to 400
     faults per step of ``python -m attn.bench ram``, depending on glibc's adaptive threshold; the
-    benchmark runs about 5% faster without them: see docs/benchmarks.md). Values are unchanged; only where the memory comes from. Returns False where
-    the C library is not glibc (nothing is changed).
+    benchmark runs about 5% faster without them: see docs/benchmarks.md). Values are unchanged; only
+    where the memory comes from. Returns False where the C library is not glibc (nothing is changed).
     """
     if not sys.platform.startswith("linux"):
         return False

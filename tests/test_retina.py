@@ -56,6 +56,12 @@ def test_matches_per_sample_reference(C, H, W, g, k, s):
     for b in range(B):
         want = reference_glimpse(images[b], loc[b], g, k, s, pad)
         torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
+    # written into a caller's buffer (a row of the hand-written episode's (T, B, .) glimpse buffer)
+    buffer = torch.full((3, B, k * C * g * g), float("nan"), dtype=torch.float64)
+    into = retina(retina.pad(images), loc, H, W, out=buffer[1])
+    assert into.data_ptr() == buffer[1].data_ptr()
+    assert torch.equal(buffer[1].view(B, k * C, g, g), got)
+    assert buffer[0].isnan().all() and buffer[2].isnan().all()
 
 
 def test_hand_worked_centre_and_axes():

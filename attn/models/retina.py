@@ -112,13 +112,17 @@ class Retina(nn.Module):
             self._offset_cache[key] = cached
         return cached
 
-    def forward(self, padded: torch.Tensor, loc: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(
+        self, padded: torch.Tensor, loc: torch.Tensor, height: int, width: int, out: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Glimpses at l from an image already padded by :meth:`pad`.
 
         Args:
             padded: (B, C, H + S, W + S) from :meth:`pad`.
             loc: (B, 2) locations in [-1, 1] (clamped here); no gradient flows through them.
             height, width: H and W of the unpadded image.
+            out: optional contiguous buffer of B * k * C * g * g elements to write the glimpses into
+                (the hand-written episode keeps all T glimpses in one (T, B, .) buffer).
         Returns:
             (B, k * C, g, g): scale-major channel order (all C channels of patch 0, then patch 1, ...).
         """
@@ -128,14 +132,16 @@ class Retina(nn.Module):
         # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
         idx = (c * strides).sum(1, keepdim=True) + offsets  # (B, S*S) flat indices
         flat = padded.reshape(B, C, Hp * Wp)
-        patch = flat.gather(2, idx[:, None, :] if C == 1 else idx[:, None, :].expand(B, C, -1))
-        patch = patch.view(B, C, self.S, self.S)
+        index = idx[:, None, :] if C == 1 else idx[:, None, :].expand(B, C, -1)
         if self.identity:
-            return patch
+            if out is None:
+                return flat.gather(2, index).view(B, C, self.g, self.g)
+            return torch.gather(flat, 2, index, out=out.view(B, C, -1)).view(B, C, self.g, self.g)
+        patch = flat.gather(2, index).view(B, C, self.S, self.S)
         # (k, g, S) x (B, C, S, S) x (k, g, S)^T -> (B, k, C, g, g)
         pool = self._pool64.to(patch.device) if patch.dtype == torch.float64 else self.pool.to(patch.dtype)
-        out = torch.einsum("kgs,bcst,kht->bkcgh", pool, patch, pool)
-        return out.reshape(B, self.k * C, self.g, self.g)
+        glimpses = torch.einsum("kgs,bcst,kht->bkcgh", pool, patch, pool).reshape(B, self.k * C, self.g, self.g)
+        return glimpses if out is None else out.view_as(glimpses).copy_(glimpses)
 
     def extra_repr(self) -> str:
         return f"g={self.g}, k={self.k}, sizes={self.sizes}, pad_value={self.pad_value}"

@@ -72,25 +72,28 @@ class RNNEpisode(torch.autograd.Function):
         n_what = w_what.shape[0]
         new = loc0.new_empty
         L = new(T, B, 2)
-        ZW, ZL = new(T, B, n_what), new(T, B, w_where.shape[0])
+        # h_what and h_where side by side, so that W_out takes them in one product (and dW_out is one)
+        Z = new(T, B, n_what + w_where.shape[0])
+        ZW, ZL = Z[..., :n_what], Z[..., n_what:]
         G = new(T, B, w_ih.shape[1])
         H = new(T - 1, B, w_ih.shape[0])
         A, MU = new(T - 1, B, w_fc.shape[0]), new(T - 1, B, 2)
         b_cell = b_ih + b_hh
         wt_what, wt_where, wt_ih, wt_hh, wt_fc, wt_mu = (w.t() for w in (w_what, w_where, w_ih, w_hh, w_fc, w_mu))
-        wt_out_what, wt_out_where = w_out[:, :n_what].t(), w_out[:, n_what:].t()
+        wt_out = w_out.t()
         # per-step views made once (indexing a buffer at every step costs an operation each time)
-        Ls, ZWs, ZLs, Gs, Hs, As, MUs = (x.unbind(0) for x in (L, ZW, ZL, G, H, A, MU))
+        Ls, Zs, ZWs, ZLs, Gs, Hs, As, MUs = (x.unbind(0) for x in (L, Z, ZW, ZL, G, H, A, MU))
         noises = noise.unbind(0) if noise is not None else None
-        patches = []
+        P = new(T, B, w_what.shape[1])
+        Ps = P.unbind(0)
         L[0] = loc0
         for t in range(T):
             loc = Ls[t]
-            p = retina(padded, loc, height, width).reshape(B, -1)
-            patches.append(p)
-            zw = torch.addmm(b_what, p, wt_what, out=ZWs[t]).relu_()
-            zl = torch.addmm(b_where, loc, wt_where, out=ZLs[t]).relu_()
-            g = torch.addmm(b_out, zw, wt_out_what, out=Gs[t]).addmm_(zl, wt_out_where).relu_()
+            p = Ps[t]
+            retina(padded, loc, height, width, out=p)
+            torch.addmm(b_what, p, wt_what, out=ZWs[t])
+            torch.addmm(b_where, loc, wt_where, out=ZLs[t])
+            g = torch.addmm(b_out, Zs[t].relu_(), wt_out, out=Gs[t]).relu_()
             h = torch.addmm(b_cell, g, wt_ih, out=Hs[t] if t < T - 1 else None)
             if t > 0:
                 h.addmm_(Hs[t - 1], wt_hh)
@@ -102,41 +105,47 @@ class RNNEpisode(torch.autograd.Function):
                     Ls[t + 1].copy_(mu)
                 else:
                     torch.add(mu, noises[t], out=Ls[t + 1])
-        ctx.save_for_backward(torch.cat(patches), L, ZW, ZL, G, H, h, A, MU, w_out, w_ih, w_hh, w_mu)
+        ctx.n_what = n_what
+        ctx.save_for_backward(P, L, Z, G, H, h, A, MU, w_out, w_ih, w_hh, w_mu)
         ctx.mark_non_differentiable(H, L)
         return h, H, MU, L
 
     @staticmethod
     def backward(ctx, d_last: torch.Tensor, _dH, dMU: torch.Tensor, _dL):  # type: ignore[override]
-        P, L, ZW, ZL, G, H, h_last, A, MU, w_out, w_ih, w_hh, w_mu = ctx.saved_tensors
+        P, L, Z, G, H, h_last, A, MU, w_out, w_ih, w_hh, w_mu = ctx.saved_tensors
         T, B = L.shape[:2]
-        n_what = ZW.shape[-1]
+        n_what = ctx.n_what
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (T, B, n) -> (T*B, n)
 
         # The recurrence: dA_t = dLoss/d(pre-activation of h_t). Only h_{T-1} has an outside gradient.
         DA = torch.empty(T, B, h_last.shape[-1], dtype=h_last.dtype, device=h_last.device)
         _relu_grad(d_last, h_last, 0, grad_input=DA[T - 1])
+        # (the ReLU masks are applied in place: the product's output is still in cache)
         for t in range(T - 1, 0, -1):
-            _relu_grad(DA[t].mm(w_hh), H[t - 1], 0, grad_input=DA[t - 1])
+            _relu_grad(torch.mm(DA[t], w_hh, out=DA[t - 1]), H[t - 1], 0, grad_input=DA[t - 1])
         DA2 = flat(DA)
         # Off the recurrence, over all T*B rows at once: the glimpse network's pre-activations.
-        DG = _relu_grad(DA2.mm(w_ih), flat(G), 0)
+        DG = DA2.mm(w_ih)
+        _relu_grad(DG, flat(G), 0, grad_input=DG)
+        Z2 = flat(Z)
         DZ = DG.mm(w_out)
-        DW = _relu_grad(DZ[:, :n_what], flat(ZW), 0)
-        DL = _relu_grad(DZ[:, n_what:], flat(ZL), 0)
+        _relu_grad(DZ, Z2, 0, grad_input=DZ)
+        DW, DL = DZ[:, :n_what], DZ[:, n_what:]
+        db_z = DZ.sum(0)
         b_cell = DA2.sum(0)
         H2 = flat(H)
         grads = [
-            DW.t().mm(P), DW.sum(0),
-            DL.t().mm(flat(L)), DL.sum(0),
-            torch.cat([DG.t().mm(flat(ZW)), DG.t().mm(flat(ZL))], dim=1), DG.sum(0),
+            DW.t().mm(flat(P)), db_z[:n_what],
+            DL.t().mm(flat(L)), db_z[n_what:],
+            DG.t().mm(Z2), DG.sum(0),
             DA2.t().mm(flat(G)), b_cell,
             flat(DA[1:]).t().mm(H2), b_cell.clone(),  # two parameters must not share one tensor
         ]
         if T > 1:  # the location net: mu = tanh(a W_mu^T + b_mu), a = ReLU(h W_fc^T + b_fc), h detached
             D_mu = flat(dMU) * (1.0 - flat(MU).square())
             A2 = flat(A)
-            D_a = _relu_grad(D_mu.mm(w_mu), A2, 0)
+            D_a = D_mu.mm(w_mu)
+            _relu_grad(D_a, A2, 0, grad_input=D_a)
             grads += [D_a.t().mm(H2), D_a.sum(0), D_mu.t().mm(A2), D_mu.sum(0)]
         else:  # no location was ever emitted: like the generic loop, the location net gets no gradient
             grads += [None] * 4
