@@ -25,7 +25,7 @@ from attn.config import ExperimentConfig, apply_overrides, dump_config, validate
 from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import architecture_differences
 from attn.engine.details import EvalDetails
-from attn.engine.loop import evaluate
+from attn.engine.loop import score_split
 from attn.engine.pictures import Pictures
 from attn.errors import CheckpointError, ConfigError
 from attn.models import build_model
@@ -110,26 +110,24 @@ def run_eval(
     try:
         t0 = time.perf_counter()
         details = EvalDetails(data.spec, device)
-        mean = evaluate(model, loader, data, device=device, policy="mean", seed=seed, details=details)
-        mc = evaluate(model, loader, data, device=device, policy="sample", mc_samples=m, seed=seed)
-        metrics = {
-            f"{split}_error": mean["error"], f"{split}_nll": mean["nll"], f"{split}_error_mc": mc["error"],
-            f"{split}_mc_samples": m, f"{split}_images": mean["count"], "eval_time_s": time.perf_counter() - t0,
-        }
-        for k in ("token_accuracy", "digit_accuracy", "reward"):
-            if k in mean:
-                metrics[f"{split}_{k}"] = mean[k]
-                metrics[f"{split}_{k}_mc"] = mc[k]
+        metrics = score_split(
+            model, loader, data, device=device, prefix=split, mc_samples=m, seed=seed, details=details
+        )
+        metrics["eval_time_s"] = time.perf_counter() - t0
         tracker.log_metrics(metrics, step=0)
         pictures = Pictures(cfg, data, device, split=split)
         pictures.episodes(model, "final", tracker)
         pictures.analysis(details, tracker, step=0, prefix=split)
         what = "sequence error" if data.spec.is_sequence else "error"
-        summary = f"{split} {what} {mean['error']:.2f}% (mean policy), {mc['error']:.2f}% ({m} samples averaged)"
+        summary = (
+            f"{split} {what} {metrics[f'{split}_error']:.2f}% (mean policy), "
+            f"{metrics[f'{split}_error_mc']:.2f}% ({m} samples averaged)"
+        )
         tracker.set_tag("result.summary", summary)
         tracker.set_tag(
             "mlflow.note.content",
-            f"Evaluation of {link} on the {split} split ({int(mean['count'])} images), weights from `{source}`.",
+            f"Evaluation of {link} on the {split} split ({int(metrics[f'{split}_images'])} images), "
+            f"weights from `{source}`.",
         )
         tracker.close()
         status = "FINISHED"

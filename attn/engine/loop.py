@@ -254,3 +254,36 @@ def evaluate(
             reward=total["reward"] / count,
         )
     return out
+
+
+def score_split(
+    model: nn.Module,
+    loader: BatchLoader,
+    data: TaskData,
+    *,
+    device: torch.device,
+    prefix: str,
+    mc_samples: int,
+    seed: int = 0,
+    details: Optional[EvalDetails] = None,
+    single_sample: bool = False,
+) -> dict[str, float]:
+    """A split's final scores, as training runs and ``run.py eval`` log them: ``{prefix}_error`` and
+    ``_nll`` by the mean policy (filling ``details``), ``{prefix}_error_mc`` from ``mc_samples`` sampled
+    episodes averaged, ``_error_sample`` from one sampled episode (if ``single_sample``), the
+    sequence scores of both (``_token_accuracy``, ``_token_accuracy_mc``, ...), ``_mc_samples`` and
+    ``_images``."""
+    mean = evaluate(model, loader, data, device=device, policy="mean", seed=seed, details=details)
+    mc = evaluate(model, loader, data, device=device, policy="sample", mc_samples=mc_samples, seed=seed)
+    scores = {f"{prefix}_error": mean["error"], f"{prefix}_nll": mean["nll"]}
+    if single_sample:
+        one = evaluate(model, loader, data, device=device, policy="sample", mc_samples=1, seed=seed)
+        scores[f"{prefix}_error_sample"] = one["error"]
+    scores[f"{prefix}_error_mc"] = mc["error"]
+    scores[f"{prefix}_mc_samples"] = mc_samples
+    scores[f"{prefix}_images"] = mean["count"]
+    for k in ("token_accuracy", "digit_accuracy", "reward"):
+        if k in mean:
+            scores[f"{prefix}_{k}"] = mean[k]
+            scores[f"{prefix}_{k}_mc"] = mc[k]
+    return scores

@@ -25,7 +25,7 @@ from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
 from attn.engine.cost import model_cost
 from attn.engine.details import EvalDetails
-from attn.engine.loop import NonFiniteGuard, evaluate, train_epoch
+from attn.engine.loop import NonFiniteGuard, evaluate, score_split, train_epoch
 from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
 from attn.engine.pictures import Pictures
 from attn.engine.transfer import TransferReport, transfer_weights
@@ -274,23 +274,13 @@ def fit(
     best_model.load_state_dict(best_state)
     seed, m, dev = cfg.eval.seed, cfg.eval.mc_samples, info.device
     details = EvalDetails(data.spec, dev)
-    t_mean = evaluate(best_model, test_loader, data, device=dev, policy="mean", seed=seed, details=details)
-    t_one = evaluate(best_model, test_loader, data, device=dev, policy="sample", mc_samples=1, seed=seed)
-    t_mc = evaluate(best_model, test_loader, data, device=dev, policy="sample", mc_samples=m, seed=seed)
     final = {
         "epoch": max(epoch, start_epoch - 1),
         "best_epoch": best_epoch,
         "best_val_error": best_error,
-        "test_error": t_mean["error"],
-        "test_nll": t_mean["nll"],
-        "test_error_sample": t_one["error"],
-        "test_error_mc": t_mc["error"],
-        "test_mc_samples": m,
+        **score_split(best_model, test_loader, data, device=dev, prefix="test", mc_samples=m, seed=seed,
+                      details=details, single_sample=True),
     }
-    for k in ("token_accuracy", "digit_accuracy", "reward"):
-        if k in t_mean:
-            final[f"test_{k}"] = t_mean[k]
-            final[f"test_{k}_mc"] = t_mc[k]
     if is_chief:
         # best_val_error is already a curve (every epoch); logging it again would repeat the last step.
         once = {"epoch", "best_val_error"} if history else {"epoch"}
@@ -300,8 +290,8 @@ def fit(
         _tag_results(tracker, final, data.spec.is_sequence)
         what = "sequence error" if data.spec.is_sequence else "error"
         log(
-            f"test {what} (best epoch {best_epoch + 1}): mean policy {t_mean['error']:.2f}% | "
-            f"1 sample {t_one['error']:.2f}% | {m} samples averaged {t_mc['error']:.2f}%"
+            f"test {what} (best epoch {best_epoch + 1}): mean policy {final['test_error']:.2f}% | "
+            f"1 sample {final['test_error_sample']:.2f}% | {m} samples averaged {final['test_error_mc']:.2f}%"
         )
     if is_chief:
         with tempfile.TemporaryDirectory(prefix="attn-best-") as tmp:
