@@ -72,6 +72,7 @@ class RNNEpisode(torch.autograd.Function):
         n_what = w_what.shape[0]
         new = loc0.new_empty
         L = new(T, B, 2)
+        P = new(T, B, w_what.shape[1])  # the glimpses rho(x, l_t), written by the retina
         # h_what and h_where side by side, so that W_out takes them in one product (and dW_out is one)
         Z = new(T, B, n_what + w_where.shape[0])
         ZW, ZL = Z[..., :n_what], Z[..., n_what:]
@@ -82,14 +83,11 @@ class RNNEpisode(torch.autograd.Function):
         wt_what, wt_where, wt_ih, wt_hh, wt_fc, wt_mu = (w.t() for w in (w_what, w_where, w_ih, w_hh, w_fc, w_mu))
         wt_out = w_out.t()
         # per-step views made once (indexing a buffer at every step costs an operation each time)
-        Ls, Zs, ZWs, ZLs, Gs, Hs, As, MUs = (x.unbind(0) for x in (L, Z, ZW, ZL, G, H, A, MU))
+        Ls, Ps, Zs, ZWs, ZLs, Gs, Hs, As, MUs = (x.unbind(0) for x in (L, P, Z, ZW, ZL, G, H, A, MU))
         noises = noise.unbind(0) if noise is not None else None
-        P = new(T, B, w_what.shape[1])
-        Ps = P.unbind(0)
         L[0] = loc0
         for t in range(T):
-            loc = Ls[t]
-            p = Ps[t]
+            loc, p = Ls[t], Ps[t]
             retina(padded, loc, height, width, out=p)
             torch.addmm(b_what, p, wt_what, out=ZWs[t])
             torch.addmm(b_where, loc, wt_where, out=ZLs[t])
