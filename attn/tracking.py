@@ -66,6 +66,16 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def open_store(uri: str) -> None:
+    """Import MLflow and open the store at ``uri`` (a new SQLite store creates its tables, which takes
+    seconds), so that the calls that follow are quick. It creates no experiment and no run; a store
+    that fails here fails again in those calls, which report it in one line."""
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001 - ensure_experiment / reopen_run raise the TrackingError
+        pass
+
+
 def default_artifact_location(uri: str, cwd: Optional[Path] = None) -> Optional[str]:
     """For local stores, artifacts go to ``<cwd>/mlartifacts`` (absolute); servers choose their own."""
     if uri.startswith(("sqlite:", "file:")):

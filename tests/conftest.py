@@ -22,6 +22,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+# Ray Train's controller polls its workers every 2 s by default, and a worker's next report waits
+# for that poll (a queue of one): the tests' epochs take well under a second, so every epoch would
+# last 2 s. Polling more often changes no result (a slow poll is simply awaited in the next round).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -148,7 +148,7 @@ def marked_processes(*needles: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_path):
+def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_path, monkeypatch):
     """Two Ray nodes (1 CPU each) joined on loopback; two DDP workers, one per node (STRICT_SPREAD);
     checkpoints in a shared storage folder; params, curves and artifacts in an MLflow server on
     loopback. Mid-run the server stops; while it is down one worker process is killed (Ray Train
@@ -157,6 +157,9 @@ def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_pa
     from mlflow.tracking import MlflowClient
 
     epochs, port, shared = 8, free_port(), tmp_path / "shared"
+    # Ray Train's default poll (every 2 s; conftest shortens it): each epoch then lasts about 2 s, so
+    # that training is still under way when the server stops and when the worker is killed.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")
 
     def checkpoints() -> set[str]:
         return {p.name for p in shared.glob("runs/mnist_ram/*/checkpoint_*")}

@@ -127,6 +127,27 @@ def test_tracker_buffers_while_the_server_is_down_and_delivers_once_it_is_back(t
         tracker.close()
 
 
+def test_opening_the_store_creates_nothing_and_leaves_failures_to_the_calls_that_report_them(tmp_path):
+    """open_store runs beside Ray's start-up: it creates a new SQLite store's tables but no experiment
+    or run, and a store it cannot open raises nothing there (ensure_experiment reports it)."""
+    from mlflow.tracking import MlflowClient
+
+    from attn.tracking import ensure_experiment, open_store
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    (tmp_path / "new").mkdir()
+    open_store(uri)
+    client = MlflowClient(uri)
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a database" * 100)
+    open_store(f"sqlite:///{broken}")
+    with pytest.raises(TrackingError, match="cannot use the MLflow tracking store sqlite:///"):
+        ensure_experiment(f"sqlite:///{broken}", "x")
+
+
 def test_unreachable_server_at_start_is_one_line_before_any_work(tmp_path):
     proc = run_cli(tmp_path, str(EXPERIMENT), f"tracking.tracking_uri=http://127.0.0.1:{free_port()}", timeout=120)
     assert proc.returncode == 1

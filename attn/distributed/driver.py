@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +23,15 @@ from typing import Any, Optional
 from attn.config import ExperimentConfig, apply_overrides, check_storage_folder, dump_config, validate_config
 from attn.data import check_data
 from attn.errors import AttnError, CheckpointError, ConfigError, Interrupted
-from attn.tracking import check_reachable, end_run, ensure_experiment, reopen_run, resolve_tracking_uri, start_run
+from attn.tracking import (
+    check_reachable,
+    end_run,
+    ensure_experiment,
+    open_store,
+    reopen_run,
+    resolve_tracking_uri,
+    start_run,
+)
 
 RUN_FILE = "attn_run.json"
 
@@ -253,11 +262,18 @@ def run_training(
     _check_data_here(cfg)
     if saved is not None:
         _check_latest_checkpoint(run_dir, dump_config(cfg))
+    # Opening the tracking store takes seconds (importing MLflow; a new SQLite store creates its
+    # tables), as does starting Ray: the store opens in a thread meanwhile. The run itself is created
+    # or reopened only after the resource check below.
+    opener = ThreadPoolExecutor(1, thread_name_prefix="attn-store")
+    store = opener.submit(open_store, uri)
+    opener.shutdown(wait=False)  # the thread ends when the store is open
     started_ray = _ray_init(cfg)
     run_id: Optional[str] = None
     status = "FAILED"
     try:
         _check_resources(cfg)
+        store.result()
         if saved is not None:
             run_id = saved["mlflow_run_id"]
             reopen_run(uri, run_id)
