@@ -177,7 +177,7 @@ def test_bad_input_gives_one_line_naming_the_culprit(tmp_path, monkeypatch, caps
     name, setup, code, needle = case
     monkeypatch.chdir(tmp_path)
 
-    def no_ray(cfg):
+    def no_ray(cfg, uri):
         raise AssertionError(f"case {name} got past the checks and would start Ray")
 
     # Harness guard: every case must be refused before Ray starts (none may train).

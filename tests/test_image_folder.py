@@ -414,7 +414,7 @@ def test_bad_folder_gives_one_line_naming_the_file(tmp_path, mnist, monkeypatch,
     root, task, extra, needle = make(tmp_path, mnist)
     monkeypatch.chdir(tmp_path)
 
-    def no_ray(cfg):
+    def no_ray(cfg, uri):
         raise AssertionError("got past the data checks")
 
     monkeypatch.setattr("attn.distributed.driver._ray_init", no_ray)

@@ -128,8 +128,22 @@ def _explain_failure(exc: BaseException, run_name: str) -> AttnError:
     return AttnError(f"run {run_name} failed: {last}; see the log above, fix the cause and continue with --resume")
 
 
-def _ray_init(cfg: ExperimentConfig) -> bool:
-    """Connect to ``ray.address`` (or RAY_ADDRESS), else start Ray here. True if we started it."""
+def _ray_init(cfg: ExperimentConfig, uri: str) -> bool:
+    """Connect to ``ray.address`` (or RAY_ADDRESS), else start Ray here. True if we started it.
+
+    Meanwhile the tracking store at ``uri`` opens in a thread (:func:`~attn.tracking.open_store`):
+    both take seconds (importing MLflow; a new SQLite store creates its tables). It creates no
+    experiment and no run: those come after the caller's resource check."""
+    opener = ThreadPoolExecutor(1, thread_name_prefix="attn-store")
+    store = opener.submit(open_store, uri)
+    opener.shutdown(wait=False)
+    try:
+        return _start_ray(cfg)
+    finally:
+        store.result()
+
+
+def _start_ray(cfg: ExperimentConfig) -> bool:
     import ray
 
     if ray.is_initialized():
@@ -262,18 +276,11 @@ def run_training(
     _check_data_here(cfg)
     if saved is not None:
         _check_latest_checkpoint(run_dir, dump_config(cfg))
-    # Opening the tracking store takes seconds (importing MLflow; a new SQLite store creates its
-    # tables), as does starting Ray: the store opens in a thread meanwhile. The run itself is created
-    # or reopened only after the resource check below.
-    opener = ThreadPoolExecutor(1, thread_name_prefix="attn-store")
-    store = opener.submit(open_store, uri)
-    opener.shutdown(wait=False)  # the thread ends when the store is open
-    started_ray = _ray_init(cfg)
+    started_ray = _ray_init(cfg, uri)
     run_id: Optional[str] = None
     status = "FAILED"
     try:
         _check_resources(cfg)
-        store.result()
         if saved is not None:
             run_id = saved["mlflow_run_id"]
             reopen_run(uri, run_id)

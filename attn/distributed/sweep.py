@@ -190,7 +190,7 @@ def run_sweep(
     check_reachable(uri)
     resolve_init(cfg, uri)
     _check_data_here(cfg)
-    started_ray = _ray_init(cfg)
+    started_ray = _ray_init(cfg, uri)
     parent: Optional[str] = None
     status = "FAILED"
     previous = signal.getsignal(signal.SIGTERM)
