@@ -8,9 +8,10 @@
   (context net, two stacked cores, conv glimpse net, sequence hybrid loss) on random 54x54 gray input
   with labels of 1-3 digits plus the end token (4 label slots), 3 glimpses per digit (12 glimpses per
   episode); model defaults in ``DRAM_BASE`` (LSTM, d = 512, 2 scales of 12x12), any key overridable.
-- ``python -m attn.bench cores [--glimpses 6 12 24] [key=value ...]``: every core, with and without
-  its key/value cache (Transformer cores), at T glimpses: training images/s, the forward time of one
-  episode batch, and the layer passes per episode (token positions each layer processed), which grow
+- ``python -m attn.bench cores [--glimpses 6 12 24] [key=value ...]``: every core at T glimpses, the
+  Transformer cores in three rollouts (two-phase, cached steps inside the graph, prefix re-run):
+  training images/s and its ratio to the prefix re-run, the forward time of one training episode
+  batch, and the layer passes per episode (token positions each layer processed), which grow
   linearly in T with the cache and quadratically without it.
 - ``python -m attn.bench background [--batch 128] [--canvas 110 186 224]``: the extended-background
   generator of ``svhn_background`` (:class:`attn.data.background.Canvas`) on 64x64 gray crops: images/s
@@ -223,45 +224,55 @@ def _count_layer_positions(model) -> list[int]:
 
             mod.block = counted
         elif type(mod).__name__ == "GPT2Block":
+            # ln_1 opens every block, in GPT2Model's pass over a sequence and in the core's cached step
 
-            def pre_hook(_m, args, kwargs):
-                h = args[0] if args else kwargs["hidden_states"]
-                counter[0] += h.shape[1]
+            def pre_hook(_m, args):
+                counter[0] += args[0].shape[1] if args[0].dim() == 3 else 1
 
-            mod.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            mod.ln_1.register_forward_pre_hook(pre_hook)
     return counter
 
 
+ROLLOUTS = ("stepwise", "two_phase", "prefix")
+
+
 def bench_cores(batch: int, steps: int, repeats: int, glimpses: list[int], overrides: list[str]) -> list[dict]:
+    """Every core at each T. Transformer cores in three rollouts of a training episode: ``stepwise``
+    (the default: cached steps inside the graph), ``two_phase`` (cached steps without gradients, then
+    one causal pass) and ``prefix`` (no cache: the whole prefix re-run every step, the seed's style).
+    layer_passes: token positions each layer processed in one training forward."""
     configure_torch()
     rows = []
     for kind in ("rnn", "lstm", "gpt2", "trxl", "gtrxl"):
-        for cache in (True, False) if kind in ("gpt2", "trxl", "gtrxl") else (True,):
+        transformer = kind in ("gpt2", "trxl", "gtrxl")
+        for rollout in ROLLOUTS if transformer else ("-",):
             for T in glimpses:
                 extra = [f"model.core.kind={kind}", f"model.num_glimpses={T}"]
-                if not cache:
+                if rollout == "prefix":
                     extra.append("model.core.use_cache=false")
+                elif rollout != "-":
+                    extra.append(f"model.core.rollout={rollout}")
                 cfg = load_config(None, extra + overrides)
                 torch.manual_seed(cfg.train.seed)
                 model = build_model(cfg.model, SPEC)
                 counter = _count_layer_positions(model)
                 images = torch.randn(batch, 1, 28, 28)
-                with torch.no_grad():
-                    model(images)
-                    counter[0] = 0
-                    start = time.perf_counter()
-                    model(images)
-                    episode_ms = 1000.0 * (time.perf_counter() - start)
-                passes = counter[0] if kind in ("gpt2", "trxl", "gtrxl") else T
-                layers = cfg.model.core.num_layers if kind in ("gpt2", "trxl", "gtrxl") else 1
+                model(images)  # warm-up
+                counter[0] = 0
+                start = time.perf_counter()
+                model(images)
+                episode_ms = 1000.0 * (time.perf_counter() - start)
+                passes = counter[0] if transformer else T
+                layers = cfg.model.core.num_layers if transformer else 1
                 rates = _training_rate(model, cfg, batch, steps, repeats)
                 rows.append(
                     {
                         "name": "cores",
                         "core": kind,
-                        "cache": cache if kind in ("gpt2", "trxl", "gtrxl") else "-",
+                        "rollout": rollout,
                         "glimpses": T,
                         "images_per_s": round(statistics.median(rates), 1),
+                        "rates": [round(r, 1) for r in rates],
                         "episode_ms": round(episode_ms, 2),
                         "layer_passes": passes // layers,
                         "batch": batch,
@@ -271,7 +282,16 @@ def bench_cores(batch: int, steps: int, repeats: int, glimpses: list[int], overr
                     }
                 )
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    _add_speedups(rows)
     return rows
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    """Each Transformer row's training speed over its own core's ``prefix`` row at the same T."""
+    prefix = {(r["core"], r["glimpses"]): r["images_per_s"] for r in rows if r["rollout"] == "prefix"}
+    for r in rows:
+        base = prefix.get((r["core"], r["glimpses"]))
+        r["vs_prefix"] = round(r["images_per_s"] / base, 2) if base else "-"
 
 
 def bench_background(batch: int, steps: int, repeats: int, canvases: list[int], device=None) -> list[dict]:
@@ -359,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             keys = ["name", "device", "canvas", "mode", "batch", "images_per_s", "threads"]
         else:
             rows = bench_cores(args.batch or 128, args.steps or 10, args.repeats, args.glimpses, args.overrides)
-            keys = ["core", "cache", "glimpses", "images_per_s", "episode_ms", "layer_passes", "layers", "batch"]
+            keys = ["core", "rollout", "glimpses", "images_per_s", "vs_prefix", "episode_ms", "layer_passes", "layers",
+                    "batch"]
     except AttnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

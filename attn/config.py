@@ -388,6 +388,16 @@ class CoreConfig(Section):
             "prefix every step (same outputs; for comparison and benchmarks)."
         ),
     )
+    rollout: Literal["stepwise", "two_phase"] = Field(
+        "stepwise",
+        description=(
+            "ram with a Transformer core and use_cache: how a training episode runs (same outputs and "
+            "gradients). stepwise: cached steps inside the autograd graph. two_phase: cached steps without "
+            "gradients choose the locations, then one causal pass over all glimpses with gradients "
+            "(fewer operations, one more forward pass; see docs/benchmarks.md for when it pays). Active "
+            "dropout in training steps stepwise."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_kind_options(self) -> "CoreConfig":
@@ -400,12 +410,15 @@ class CoreConfig(Section):
             "inner_size": _TRANSFORMERS,
             "dropout": _TRANSFORMERS,
             "use_cache": _TRANSFORMERS,
+            "rollout": _TRANSFORMERS,
             "memory_length": ("trxl", "gtrxl"),
             "norm": ("trxl",),
             "gate_bias": ("gtrxl",),
             "n_positions": ("gpt2",),
         }
         self._refuse_inapplicable("model.core", "kind", applies)
+        if self.rollout == "two_phase" and not self.use_cache:
+            raise ValueError("model.core.rollout = 'two_phase' steps with the key/value cache: set model.core.use_cache = true")
         return self
 
     def check_against(
@@ -585,6 +598,8 @@ class ModelConfig(Section):
                 raise ValueError("model.policy_grad = 'top' applies to dram only; ram takes 'detached' or 'full'")
             self.core.check_against(self.hidden_size, self.num_glimpses)
         else:
+            if self.core.rollout != "stepwise":
+                raise ValueError("model.core.rollout = 'two_phase' applies to ram only; dram steps its two cores stepwise")
             if self.initial_location != "random":
                 raise ValueError(
                     "model.initial_location does not apply to dram (the context network emits the first location); remove it"

@@ -25,6 +25,8 @@ def test_bench_ram_prints_table_then_json():
 
 
 def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():
+    """Per training episode: two-phase T - 1 cached steps (the last location is never needed) plus
+    one pass over T positions; stepwise T; the prefix re-run 1 + 2 + .. + T."""
     proc = subprocess.run([sys.executable, "-m", "attn.bench", "cores", "--steps", "1", "--glimpses", "3", "5", *TINY],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -32,9 +34,10 @@ def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():
     assert {r["core"] for r in rows} == {"rnn", "lstm", "gpt2", "trxl", "gtrxl"}
     for r in rows:
         T = r["glimpses"]
-        want = T * (T + 1) // 2 if r["cache"] is False else T
+        want = {"two_phase": 2 * T - 1, "stepwise": T, "prefix": T * (T + 1) // 2, "-": T}[r["rollout"]]
         assert r["layer_passes"] == want, r
         assert r["images_per_s"] > 0
+    assert sorted(r["rollout"] for r in rows if r["core"] == "gpt2") == sorted(["two_phase", "stepwise", "prefix"] * 2)
 
 
 def test_bench_dram_prints_table_then_json():

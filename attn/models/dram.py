@@ -9,7 +9,7 @@ images x (B, C, H, W), glimpse by glimpse, with two stacked cores:
     context step:  ctx = f_ctx(x);  recurrent r2: h2_0 = ctx (cell state 0); transformer r2: h2_0 = r2(ctx)
                    l_1 ~ N(mu(h2_0), sigma^2 I), b_0 = Linear(h2_0.detach())
     per label slot j = 1..L, per glimpse k = 1..E+N (E = explore_steps, N = glimpses_per_digit):
-                   g_t = f_g(rho(gray(x), l_t), l_t);  h1_t = r1(g_t);  h2_t = r2(h1_t)
+                   g_t = f_g(rho(gray(x), c_t), c_t), c_t = clamp(l_t, -1, 1);  h1_t = r1(g_t);  h2_t = r2(h1_t)
                    after the slot's last glimpse: log p(y_j | x) = log_softmax(Linear(h1_t))
                    l_{t+1} ~ N(mu(h2_t), sigma^2 I), b_t = Linear(h2_t.detach())   (not after the very last glimpse)
 
@@ -59,7 +59,7 @@ class SequenceEpisode:
     log_probs: (B, L, classes) token log-probabilities, one row per label slot.
     log_pi: (B, G) log pi of the location used by glimpse s (s = 0: emitted from the context).
     baselines: (B, G) b for the same steps.
-    locations: (B, G, 2) the locations the glimpses were taken at, unclamped.
+    locations: (B, G, 2) the sampled locations, unclamped (glimpses are taken at their clamp to [-1, 1]).
     step_slot: (G,) int64, the label slot each glimpse (and its location) belongs to.
     """
 
@@ -158,7 +158,8 @@ class DRAM(nn.Module):
             loc = (mu + noise[s]).detach() if noise is not None else mu.detach()
             mus.append(mu)
             locations.append(loc)
-            g = self.glimpse(self.retina(padded, loc, H, W), loc)
+            seen = loc.clamp(-1.0, 1.0)  # the sensor's limits: the retina and the where branch read the same
+            g = self.glimpse(self.retina(padded, seen, H, W), seen)
             h1, lower_state = self.lower.step(g, lower_state)
             if (s + 1) % self.steps_per_token == 0:
                 token_logp.append(self.classifier(h1))

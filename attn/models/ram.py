@@ -4,7 +4,8 @@ Episode of T glimpses (``num_glimpses``) on images x (B, C, H, W):
 
     h_0 = core.init_state(), l_0 ~ U(-1, 1)^2 (or the centre)
     for t = 1..T:
-        g_t = f_g(rho(x, l_{t-1}), l_{t-1})         glimpse network on the retina's patches
+        c_{t-1} = clamp(l_{t-1}, -1, 1)              where the glimpse is taken (the sensor's limits)
+        g_t = f_g(rho(x, c_{t-1}), c_{t-1})         glimpse network on the retina's patches
         h_t = f_h(g_t, h_{t-1})                      core
         l_t ~ N(mu(h_t), sigma^2 I), detached        location policy (not for t = T: never used)
         b_t = Linear(h_t.detach())                   baseline
@@ -13,8 +14,18 @@ Episode of T glimpses (``num_glimpses``) on images x (B, C, H, W):
 ``forward`` runs the whole episode in one call (one forward per backward keeps DDP's reducer sound)
 and returns an :class:`Episode`; with the rnn core and the default routing the episode is the
 hand-written one of :mod:`attn.models.rnn_episode` (same outputs and gradients, a faster step).
+
+Transformer cores can train in two phases (``model.core.rollout = two_phase``): the locations are
+detached samples, so the episode is first rolled out without gradients, stepping with the key/value
+cache to choose l_1..l_{T-1}; then the glimpse network, the core (one causal pass over g_1..g_T) and
+the heads run once over all T steps with gradients. The outputs and gradients are those of stepping
+with the cache inside the graph (a float64 test), with far fewer operations per episode but one more
+forward pass. With active dropout in the core (training, p > 0) the two passes would draw different
+masks, so the policy scored would not be the one that acted: such models step inside the graph.
+
 REINFORCE pairs log pi(l_t) with b_t for t = 1..T-1: the actions that were actually used as glimpse
-locations.
+locations. log pi scores the raw sample l_t; the clamp belongs to the environment (the retina and the
+where branch both read c_t, as in the reference implementations), so the estimator stays unbiased.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from torch import nn
 
 from attn.config import ModelConfig
 from attn.data.base import DataSpec
-from attn.models.cores import build_core
+from attn.models.cores import SequenceCore, build_core
 from attn.models.cores.rnn import RNNCore
 from attn.models.glimpse import GlimpseNetwork
 from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
@@ -44,7 +55,8 @@ class Episode:
     log_probs: (B, classes) class log-probabilities from h_T.
     log_pi: (B, T-1) log pi(l_t | h_t) of the sampled l_t, t = 1..T-1.
     baselines: (B, T-1) b_t for the same steps.
-    locations: (B, T, 2) the locations the glimpses were taken at: l_0 .. l_{T-1}, unclamped.
+    locations: (B, T, 2) the sampled locations l_0 .. l_{T-1}, unclamped (the glimpses were taken at
+        their clamp to [-1, 1]).
     """
 
     log_probs: torch.Tensor
@@ -71,6 +83,10 @@ class RAM(nn.Module):
         # The rnn core with the default routing runs the hand-written episode (same outputs and
         # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below.
         self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input
+        # Transformer cores with rollout two_phase: roll out without gradients, then one causal pass
+        # (see the module docstring); False steps inside the graph.
+        self.two_phase = isinstance(self.core, SequenceCore) and cfg.core.rollout == "two_phase"
+        self._core_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.core.modules())
 
     def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
         if self.initial_location == "center":
@@ -105,6 +121,8 @@ class RAM(nn.Module):
             noise = torch.randn(T - 1, B, 2, device=device, dtype=dtype, generator=generator) * self.std
         if self._hand_written_now(device):
             h, hs, mus, locs = rnn_episode(self, images, loc, noise)
+        elif self._two_phase_now():
+            h, hs, mus, locs = self._two_phase(images, loc, noise)
         else:
             h, hs, mus, locs = self._loop(images, loc, noise)
         # hs (T-1, B, d) = h_1..h_{T-1}, mus (T-1, B, 2), locs (T, B, 2) = l_0..l_{T-1}: time first
@@ -125,17 +143,49 @@ class RAM(nn.Module):
             and not torch.is_autocast_enabled(device.type)
         )
 
-    def _loop(self, images: torch.Tensor, loc: torch.Tensor, noise: Optional[torch.Tensor]):
+    def _two_phase_now(self) -> bool:
+        return self.two_phase and torch.is_grad_enabled() and not (self.training and self._core_dropout)
+
+    def _two_phase(self, images: torch.Tensor, loc: torch.Tensor, noise: Optional[torch.Tensor]):
+        """The episode of a Transformer core in two phases (module docstring); returns what
+        :meth:`_loop` returns. Phase 1 keeps the glimpses rho(x, c_t) it took (they need no gradient:
+        the locations are detached), so phase 2 starts at the glimpse network."""
+        glimpses: list[torch.Tensor] = []
+        with torch.no_grad():
+            _, _, _, locs = self._loop(images, loc, noise, glimpses=glimpses)
+        T, B = locs.shape[:2]
+        g = self.glimpse(torch.stack(glimpses).flatten(0, 1), locs.clamp(-1.0, 1.0).flatten(0, 1))
+        hs = self.core.forward_sequence(g.view(T, B, -1).transpose(0, 1)).transpose(0, 1)  # (T, B, d)
+        h, hs = hs[-1], hs[:-1]
+        mus = self.locator(hs.detach() if self.detach_policy_input else hs)
+        return h, hs, mus, locs
+
+    def _loop(
+        self,
+        images: torch.Tensor,
+        loc: torch.Tensor,
+        noise: Optional[torch.Tensor],
+        glimpses: Optional[list[torch.Tensor]] = None,
+    ):
         """The episode as a plain autograd loop over the modules (any core, any routing): h_T, and
-        the states, means and locations stacked time first (see ``forward``)."""
+        the states, means and locations stacked time first (see ``forward``).
+
+        glimpses: a list to collect the T flattened glimpses in (B, k*C*g*g); only the locations are
+        wanted then, so the core skips its last step and h_T comes back as None."""
         B, _, H, W = images.shape
         T = self.num_glimpses
         padded = self.retina.pad(images)
         state = self.core.init_state(B, images.device, images.dtype)
         locations, mus, hiddens = [loc], [], []
+        h = None
         for t in range(T):
-            patches = self.retina(padded, loc, H, W).flatten(1)
-            g = self.glimpse(patches, loc)
+            seen = loc.clamp(-1.0, 1.0)
+            patches = self.retina(padded, seen, H, W).flatten(1)
+            if glimpses is not None:
+                glimpses.append(patches)
+                if t == T - 1:
+                    break
+            g = self.glimpse(patches, seen)
             h, state = self.core.step(g, state)
             if t == T - 1:
                 break  # l_T would never be used: no emission, no log-prob, no baseline
@@ -144,7 +194,7 @@ class RAM(nn.Module):
             loc = (mu + noise[t]).detach() if noise is not None else mu.detach()
             mus.append(mu)
             locations.append(loc)
-        empty = images.new_zeros(0, B, h.shape[-1])
+        empty = images.new_zeros(0, B, self.core.hidden_size)
         hs = torch.stack(hiddens) if hiddens else empty
         return h, hs, torch.stack(mus) if mus else empty[..., :2], torch.stack(locations)
 

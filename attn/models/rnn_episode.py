@@ -8,10 +8,11 @@ step into preallocated (T, B, .) buffers, and the backward pass walks only the r
 step by step (dA_{t-1} = ReLU'(h_{t-1}) * (dA_t W_hh)); everything that hangs off it (the glimpse
 network, W_ih, every weight gradient) is then one matrix product over all T*B rows.
 
-Per step t = 0..T-1 (B = batch, d = hidden size, P_t = rho(x, l_t) flattened, (B, k*C*g*g)):
+Per step t = 0..T-1 (B = batch, d = hidden size, c_t = clamp(l_t, -1, 1) the location the glimpse is
+taken at, P_t = rho(x, c_t) flattened, (B, k*C*g*g)):
 
     h_what_t  = ReLU(P_t W_what^T + b_what)                        (B, what_size)
-    h_where_t = ReLU(l_t W_where^T + b_where)                       (B, where_size)
+    h_where_t = ReLU(c_t W_where^T + b_where)                       (B, where_size)
     g_t       = ReLU([h_what_t, h_where_t] W_out^T + b_out)         (B, d)    glimpse vector
     h_t       = ReLU(g_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)     (B, d)    h_{-1} = 0 (no product)
     for t < T-1:
@@ -72,6 +73,7 @@ class RNNEpisode(torch.autograd.Function):
         n_what = w_what.shape[0]
         new = loc0.new_empty
         L = new(T, B, 2)
+        LC = new(T, B, 2)  # clamp(l_t, -1, 1): where the glimpse is taken, and what the where branch reads
         P = new(T, B, w_what.shape[1])  # the glimpses rho(x, l_t), written by the retina
         # h_what and h_where side by side, so that W_out takes them in one product (and dW_out is one)
         Z = new(T, B, n_what + w_where.shape[0])
@@ -83,11 +85,11 @@ class RNNEpisode(torch.autograd.Function):
         wt_what, wt_where, wt_ih, wt_hh, wt_fc, wt_mu = (w.t() for w in (w_what, w_where, w_ih, w_hh, w_fc, w_mu))
         wt_out = w_out.t()
         # per-step views made once (indexing a buffer at every step costs an operation each time)
-        Ls, Ps, Zs, ZWs, ZLs, Gs, Hs, As, MUs = (x.unbind(0) for x in (L, P, Z, ZW, ZL, G, H, A, MU))
+        Ls, LCs, Ps, Zs, ZWs, ZLs, Gs, Hs, As, MUs = (x.unbind(0) for x in (L, LC, P, Z, ZW, ZL, G, H, A, MU))
         noises = noise.unbind(0) if noise is not None else None
         L[0] = loc0
         for t in range(T):
-            loc, p = Ls[t], Ps[t]
+            loc, p = torch.clamp(Ls[t], -1.0, 1.0, out=LCs[t]), Ps[t]
             retina(padded, loc, height, width, out=p)
             torch.addmm(b_what, p, wt_what, out=ZWs[t])
             torch.addmm(b_where, loc, wt_where, out=ZLs[t])
@@ -104,14 +106,14 @@ class RNNEpisode(torch.autograd.Function):
                 else:
                     torch.add(mu, noises[t], out=Ls[t + 1])
         ctx.n_what = n_what
-        ctx.save_for_backward(P, L, Z, G, H, h, A, MU, w_out, w_ih, w_hh, w_mu)
+        ctx.save_for_backward(P, LC, Z, G, H, h, A, MU, w_out, w_ih, w_hh, w_mu)
         ctx.mark_non_differentiable(H, L)
         return h, H, MU, L
 
     @staticmethod
     def backward(ctx, d_last: torch.Tensor, _dH, dMU: torch.Tensor, _dL):  # type: ignore[override]
-        P, L, Z, G, H, h_last, A, MU, w_out, w_ih, w_hh, w_mu = ctx.saved_tensors
-        T, B = L.shape[:2]
+        P, LC, Z, G, H, h_last, A, MU, w_out, w_ih, w_hh, w_mu = ctx.saved_tensors
+        T, B = LC.shape[:2]
         n_what = ctx.n_what
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (T, B, n) -> (T*B, n)
 
@@ -134,7 +136,7 @@ class RNNEpisode(torch.autograd.Function):
         H2 = flat(H)
         grads = [
             DW.t().mm(flat(P)), db_z[:n_what],
-            DL.t().mm(flat(L)), db_z[n_what:],
+            DL.t().mm(flat(LC)), db_z[n_what:],
             DG.t().mm(Z2), DG.sum(0),
             DA2.t().mm(flat(G)), b_cell,
             flat(DA[1:]).t().mm(H2), b_cell.clone(),  # two parameters must not share one tensor

@@ -43,6 +43,8 @@ class RelativeMultiHeadAttention(nn.Module):
     Shapes: d = d_model, H = num_heads, dh = head_dim; B batch, T sequence, L cached keys.
     """
 
+    no_weight_decay = ("u", "v")  # per-head offsets of the scores, not weights (attn.engine.optim)
+
     def __init__(
         self,
         d_model: int,

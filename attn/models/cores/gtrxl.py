@@ -39,6 +39,8 @@ from attn.models.cores.attention import (
 class GRUGate(nn.Module):
     """out = (1 - z) * x + z * h_hat, the GRU-style gating layer of GTrXL (x: stream, y: sub-module output)."""
 
+    no_weight_decay = ("b_g",)  # decay would pull the gates away from their near-identity start
+
     def __init__(self, d_model: int, gate_bias: float = 2.0):
         super().__init__()
         self.w = nn.Linear(d_model, 3 * d_model, bias=False)  # W_r, W_z, W_g

@@ -1,0 +1,84 @@
+"""Optimizer parameter groups: weight decay shrinks weight matrices and kernels only, never biases,
+normalisation parameters, Transformer-XL's u/v biases or GTrXL's gate bias b_g."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attn.config import TrainConfig, load_config
+from attn.data.base import DataSpec
+from attn.engine.optim import build_optimizer
+from attn.models import build_model
+
+MNIST = DataSpec(1, 28, 28, 10, tuple(str(i) for i in range(10)))
+SVHN = DataSpec(1, 54, 54, 11, ("<end>",) + tuple("123456789") + ("0",), max_tokens=4, end_token=0)
+
+MODELS = {
+    "ram-rnn": (MNIST, []),
+    "ram-gpt2": (MNIST, ["model.core.kind=gpt2", "model.core.num_layers=2"]),
+    "ram-trxl": (MNIST, ["model.core.kind=trxl", "model.core.num_heads=2"]),
+    "ram-gtrxl": (MNIST, ["model.core.kind=gtrxl", "model.core.inner_size=64"]),
+    "dram-lstm": (SVHN, ["data.task=svhn", "model.name=dram", "model.retina.patch_size=12", "model.hidden_size=32"]),
+}
+
+
+def _model(name: str):
+    spec, overrides = MODELS[name]
+    cfg = load_config(None, overrides)
+    torch.manual_seed(0)
+    return build_model(cfg.model, spec)
+
+
+def _one_step_with_zero_gradients(model, optimizer: str):
+    """One optimizer step where every gradient is 0: what moves is weight decay alone."""
+    cfg = TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5, momentum=0.0)
+    opt = build_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return before
+
+
+# Names that must keep their values under decay, whatever the model: hand-listed, not derived.
+KEPT = ("bias", "bias_ih", "bias_hh", "b_g", ".u", ".v", "ln_1.weight", "ln_2.weight", "ln_f.weight", "ln1.weight", "ln2.weight")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_weight_decay_shrinks_only_weight_matrices_and_kernels(name, optimizer):
+    model = _model(name)
+    before = _one_step_with_zero_gradients(model, optimizer)
+    decayed = kept = 0
+    for n, p in model.named_parameters():
+        if n.endswith(KEPT):
+            assert torch.equal(p.detach(), before[n]), f"{n} was decayed"
+            kept += 1
+        else:
+            # AdamW: p <- p (1 - lr wd); SGD (coupled L2, no momentum): p <- p - lr wd p: the same factor
+            torch.testing.assert_close(p.detach(), before[n] * (1 - 0.1 * 0.5), msg=n)
+            assert p.ndim >= 2, n
+            decayed += 1
+    assert decayed > 0 and kept > 0
+
+
+def test_the_gate_bias_and_u_v_survive_decay_by_name():
+    model = _model("ram-gtrxl")
+    before = _one_step_with_zero_gradients(model, "adamw")
+    params = dict(model.named_parameters())
+    for n in ("core.layers.0.gate1.b_g", "core.layers.0.gate2.b_g", "core.layers.0.attn.u", "core.layers.0.attn.v"):
+        assert torch.equal(params[n].detach(), before[n]), n
+    assert float(params["core.layers.0.gate1.b_g"].detach().mean()) == 2.0
+    # u and v are (H, dh) matrices: a rule "decay every 2-D parameter" would get them wrong
+    assert params["core.layers.0.attn.u"].ndim == 2
+    assert not torch.equal(params["core.layers.0.attn.qkv.weight"].detach(), before["core.layers.0.attn.qkv.weight"])
+
+
+def test_every_trainable_parameter_is_in_exactly_one_group():
+    model = _model("dram-lstm")
+    opt = build_optimizer(model, TrainConfig())
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
