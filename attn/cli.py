@@ -6,6 +6,7 @@
                                                                           download and prepare a dataset
     python run.py eval SOURCE [--split test|val] [--mc M] [key=value ...]  evaluate trained weights
     python run.py show RUN_ID [--to DIR]                                  fetch a run's pictures and summary
+    python run.py curves RUN [RUN ...] --to FILE.png                      validation curves of runs on one plot
     python run.py init-experiment --data DIR --to FILE.yaml               start an experiment for your images
 
 Errors caused by input (bad config, missing data, unreadable checkpoint, unreachable tracking store)
@@ -272,6 +273,36 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _curves(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run.py curves",
+        description="Draw the validation curves of finished or running runs on one pair of axes (by epoch, by wall time).",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="MLflow run ids or run names")
+    p.add_argument("--to", required=True, metavar="FILE.png", help="the picture to write")
+    p.add_argument("--label", action="append", default=None, metavar="TEXT",
+                   help="a legend label per run, in order (default: the run names)")
+    p.add_argument("--title", default="", help="the picture's title")
+    _tracking_uri_option(p, "where the runs are")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    from attn.errors import ConfigError
+    from attn.tracking import run_history
+    from attn.viz import learning_curves
+
+    if args.label is not None and len(args.label) != len(args.runs):
+        raise ConfigError(f"--label given {len(args.label)} times for {len(args.runs)} runs; give one per run or none")
+    uri = _tracking_uri(args, must_exist=True)
+    series = {}
+    for i, ref in enumerate(args.runs):
+        name, rows = run_history(uri, ref)
+        series[args.label[i] if args.label else name] = rows
+    path = learning_curves(series, Path(args.to), title=args.title)
+    print(f"done: {path}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # SIGTERM (a scheduler, `kill`) stops a run like Ctrl-C: cleanly, its checkpoint kept.
@@ -281,6 +312,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _prepare(argv[1:])
         if argv and argv[0] == "show":
             return _show(argv[1:])
+        if argv and argv[0] == "curves":
+            return _curves(argv[1:])
         if argv and argv[0] == "eval":
             return _eval(argv[1:])
         if argv and argv[0] == "init-experiment":

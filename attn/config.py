@@ -513,7 +513,7 @@ class ContextConfig(Section):
         return 1 if side <= 64 else 2 if side <= 192 else 4
 
 
-_RAM_ONLY = ("what_size", "where_size", "num_glimpses")
+_RAM_ONLY = ("what_size", "where_size", "num_glimpses", "readout")
 _DRAM_ONLY = ("glimpses_per_digit", "explore_steps", "conv_channels", "fusion", "context", "glimpse_color")
 
 
@@ -531,6 +531,14 @@ class ModelConfig(Section):
     hidden_size: int = Field(256, ge=1, description="d: glimpse vector and core state width.")
     core: CoreConfig = Field(default_factory=CoreConfig)
     num_glimpses: int = Field(6, ge=1, le=256, description="ram: T, glimpses per episode.")
+    readout: Literal["last", "mean"] = Field(
+        "last",
+        description=(
+            "ram: what the classifier reads. last: h_T, the state after the last glimpse (the paper). mean: the "
+            "mean of h_1..h_T, so every step's output reaches the classifier directly (the location policy "
+            "and the baseline still read h_t)."
+        ),
+    )
     glimpses_per_digit: int = Field(
         3, ge=1, le=64, description="dram: glimpses per label token; the token is read from the last one."
     )

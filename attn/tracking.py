@@ -76,6 +76,26 @@ def open_store(uri: str) -> None:
         pass
 
 
+def run_history(uri: str, ref: str, keys: tuple[str, ...] = ("val_error", "epoch_time_s")) -> tuple[str, list[dict]]:
+    """A run's per-epoch curves: ``ref`` is a run id or a run name (the newest run of that name in any
+    experiment) -> (run name, one dict per logged epoch with ``epoch`` and each of ``keys``)."""
+    client = _client(uri)
+    try:
+        run = client.get_run(ref)
+    except Exception:  # noqa: BLE001 - not an id: look it up by name
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(experiments, filter_string=f"attributes.run_name = '{ref}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+        if not found:
+            raise TrackingError(f"no MLflow run with id or name {ref!r} at {uri}; give a run id or name from the MLflow UI") from None
+        run = found[0]
+    by_step: dict[int, dict] = {}
+    for key in keys:
+        for m in client.get_metric_history(run.info.run_id, key):
+            by_step.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return run.info.run_name or run.info.run_id, [by_step[k] for k in sorted(by_step)]
+
+
 def default_artifact_location(uri: str, cwd: Optional[Path] = None) -> Optional[str]:
     """For local stores, artifacts go to ``<cwd>/mlartifacts`` (absolute); servers choose their own."""
     if uri.startswith(("sqlite:", "file:")):

@@ -374,3 +374,51 @@ def parallel_coordinates(
     plt.close(fig)
     return path
 
+
+
+def curve_points(rows: list[dict], metric: str = "val_error") -> tuple[list[int], list[float], list[float]]:
+    """(1-based epochs, training minutes at each epoch's end, metric values) of the epochs that have a
+    finite ``metric``; the wall time counts every epoch's ``epoch_time_s``, also those without it."""
+    elapsed, out = 0.0, ([], [], [])
+    for r in rows:
+        elapsed += r.get("epoch_time_s", 0.0)
+        value = r.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[0].append(int(r["epoch"]) + 1)
+            out[1].append(elapsed / 60.0)
+            out[2].append(max(float(value), 1e-3))  # a log axis cannot show 0
+    return out
+
+
+def learning_curves(series: dict[str, list[dict]], path: Path, title: str = "", metric: str = "val_error") -> Path:
+    """Validation error per epoch of one or more runs: against the epoch (left) and against the
+    training wall time (right, the running sum of ``epoch_time_s``), log-scaled, one line per run.
+
+    series: label -> the run's epochs in order, each a dict with ``epoch`` (0-based), ``metric`` and
+    ``epoch_time_s``; epochs without the metric are skipped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharey=True)
+    for i, (label, rows) in enumerate(series.items()):
+        epochs, minutes, values = curve_points(rows, metric)
+        if not epochs:
+            continue
+        color = f"C{i % 10}"
+        by_epoch.plot(epochs, values, color=color, lw=1.4, label=label)
+        by_time.plot(minutes, values, color=color, lw=1.4, label=label)
+    for ax, xlabel in ((by_epoch, "epoch"), (by_time, "training wall time (min)")):
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", color="0.85", lw=0.6)
+    by_epoch.set_ylabel(f"{metric} (%)")
+    by_time.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

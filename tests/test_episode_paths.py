@@ -158,3 +158,25 @@ def test_dram_glimpses_read_the_clamped_location():
     got = torch.stack(seen, dim=1)
     assert (ep.locations.abs() > 1).any()
     torch.testing.assert_close(got, ep.locations.clamp(-1, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("core", [{"kind": "rnn"}, {"kind": "gtrxl", "num_heads": 2}])
+def test_mean_readout_classifies_the_mean_of_every_steps_state(core):
+    """readout mean: log p(y | x) = log_softmax(W mean_t h_t + b), h_t recomputed here from the
+    recorded locations with the core's own one-pass sequence (the rnn core: its step loop)."""
+    model = _model(core, readout="mean", num_glimpses=4)
+    assert not model.hand_written  # the hand-written episode gives no gradient to h_1..h_{T-1}
+    x = torch.randn(5, 1, SPEC.height, SPEC.width, dtype=F64)
+    ep = model(x, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        seen = ep.locations.clamp(-1, 1)  # (B, T, 2)
+        padded = model.retina.pad(x)
+        g = torch.stack(
+            [model.glimpse(model.retina(padded, seen[:, t], SPEC.height, SPEC.width).flatten(1), seen[:, t])
+             for t in range(4)], dim=1,
+        )
+        h = model.core.forward_sequence(g)  # (B, T, d)
+        want = F.log_softmax(model.classifier.fc(h.mean(1)), dim=-1)
+    torch.testing.assert_close(ep.log_probs.detach(), want, rtol=1e-10, atol=1e-10)
+    F.nll_loss(ep.log_probs, torch.arange(5)).backward()
+    assert model.core.parameters().__next__().grad is not None

@@ -44,7 +44,8 @@ def test_pictures_tables_and_readable_names_in_mlflow(trained):
     for folder in [f"glimpses/epoch_{e:03d}" for e in range(2, EPOCHS + 1, 2)] + ["glimpses/final"]:
         assert f"{folder}/grid.png" in files
         assert {f"{folder}/image_{i:02d}.gif" for i in range(8)} <= files
-    assert {"analysis/glimpse_heatmap.png", "analysis/class_accuracy.csv", "analysis/class_accuracy.md"} <= files
+    assert {"analysis/glimpse_heatmap.png", "analysis/class_accuracy.csv", "analysis/class_accuracy.md",
+            "analysis/learning_curves.png"} <= files
 
     local = Path(client.download_artifacts(run.info.run_id, "glimpses/final", str(cwd / "dl")))
     assert Image.open(local / "image_00.gif").n_frames == 6  # experiments/mnist_ram.yaml: 6 glimpses
@@ -91,6 +92,25 @@ def test_show_of_an_unknown_run_is_one_line(trained, tmp_path, monkeypatch, caps
     assert main(["show", "0123456789abcdef", "--to", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no MLflow run '0123456789abcdef'") and len(err.strip().splitlines()) == 1
+
+
+def test_curves_draws_the_runs_validation_history(trained, tmp_path, monkeypatch, capsys):
+    from attn.cli import main
+    from attn.tracking import run_history
+
+    cwd, client, run = trained
+    monkeypatch.chdir(cwd)
+    name, rows = run_history(f"sqlite:///{cwd / 'mlflow.db'}", run.info.run_name)
+    want = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_error"), key=lambda m: m.step)]
+    assert name == run.info.run_name and [r["epoch"] for r in rows] == list(range(EPOCHS))
+    assert [r["val_error"] for r in rows] == want and all(r["epoch_time_s"] > 0 for r in rows)
+    out = tmp_path / "curves.png"
+    assert main(["curves", run.info.run_id, run.info.run_name, "--label", "by id", "--label", "by name",
+                 "--to", str(out)]) == 0
+    assert Image.open(out).size[0] > 800
+    assert main(["curves", run.info.run_id, "--label", "a", "--label", "b", "--to", str(out)]) == 2
+    assert main(["curves", "no-such-run", "--to", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: no MLflow run with id or name 'no-such-run'")
 
 
 def _chromium() -> tuple[str, str] | None:

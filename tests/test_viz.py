@@ -139,3 +139,14 @@ def test_parallel_coordinates_and_label_text(tmp_path):
     seq = DataSpec(1, 4, 4, 12, ("<end>",) + tuple("123456789") + ("0", "<sep>"), max_tokens=6, end_token=0)
     assert viz.label_text([1, 10, 11, 5, 0, IGNORE_INDEX], seq) == "1 0 <sep> 5"
     assert viz.label_text([2, 0], DataSpec(1, 4, 4, 11, ("<end>",) + tuple("123456789") + ("0",), 6, 0)) == "2"
+
+
+def test_learning_curves_points_and_picture(tmp_path):
+    rows = [
+        {"epoch": 0, "val_error": 50.0, "epoch_time_s": 30.0},
+        {"epoch": 1, "val_error": float("nan"), "epoch_time_s": 60.0},  # no value: skipped, time still counts
+        {"epoch": 2, "val_error": 0.0, "epoch_time_s": 30.0},
+    ]
+    assert viz.curve_points(rows) == ([1, 3], [0.5, 2.0], [50.0, 1e-3])
+    path = viz.learning_curves({"rnn": rows, "gtrxl": rows[:1]}, tmp_path / "c.png", title="t")
+    assert Image.open(path).size == (1100, 420)

@@ -6,6 +6,7 @@ trainer's tracker (MLflow artifacts) under:
     glimpses/final/grid.png, image_II.gif          the best weights, at the end
     glimpses/.../predictions.json                  the drawn images' ids, predictions and labels
     analysis/glimpse_heatmap.png                   where the mean policy looks over the whole test split
+    analysis/learning_curves.png                   validation error against epoch and training wall time
     analysis/class_accuracy.csv|md                 classification: accuracy per class (by class name)
     analysis/sequence_accuracy.csv|md              sequences: accuracy per label length and per slot
 
@@ -77,6 +78,15 @@ class Pictures:
             }, indent=1))
             for f in sorted(out.iterdir()):
                 tracker.log_artifact(str(f), f"glimpses/{folder}")
+
+    def curves(self, history: list[dict[str, float]], label: str, tracker: Any) -> None:
+        """The run's validation curve (every epoch so far, from the checkpointed history)."""
+        if not history:
+            return
+        with tempfile.TemporaryDirectory(prefix="attn-viz-") as tmp:
+            path = viz.learning_curves({label: history}, Path(tmp) / "learning_curves.png",
+                                       title=f"{self.cfg.data.task}: validation error (mean policy)")
+            tracker.log_artifact(str(path), "analysis")
 
     def analysis(self, details: EvalDetails, tracker: Any, step: int, prefix: str = "test") -> dict[str, float]:
         """Heat map and tables of the final pass over the split; returns the per-class metrics it logged

@@ -287,6 +287,7 @@ def fit(
         tracker.log_metrics({k: v for k, v in final.items() if k not in once}, step=final["epoch"])
         pictures.episodes(best_model, "final", tracker)
         pictures.analysis(details, tracker, step=final["epoch"])
+        pictures.curves(history, f"{cfg.model.name}/{cfg.model.core.kind}", tracker)
         _tag_results(tracker, final, data.spec.is_sequence)
         what = "sequence error" if data.spec.is_sequence else "error"
         log(

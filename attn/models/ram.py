@@ -9,7 +9,7 @@ Episode of T glimpses (``num_glimpses``) on images x (B, C, H, W):
         h_t = f_h(g_t, h_{t-1})                      core
         l_t ~ N(mu(h_t), sigma^2 I), detached        location policy (not for t = T: never used)
         b_t = Linear(h_t.detach())                   baseline
-    log p(y | x) = log_softmax(Linear(h_T))
+    log p(y | x) = log_softmax(Linear(h_T))          (readout "last"; "mean": of (h_1 + .. + h_T) / T)
 
 ``forward`` runs the whole episode in one call (one forward per backward keeps DDP's reducer sound)
 and returns an :class:`Episode`; with the rnn core and the default routing the episode is the
@@ -82,7 +82,9 @@ class RAM(nn.Module):
         self.classifier = Classifier(cfg.hidden_size, spec.num_classes)
         # The rnn core with the default routing runs the hand-written episode (same outputs and
         # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below.
-        self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input
+        self.mean_readout = cfg.readout == "mean"
+        # (the hand-written episode returns h_1..h_{T-1} without a gradient: the mean readout takes the loop)
+        self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input and not self.mean_readout
         # Transformer cores with rollout two_phase: roll out without gradients, then one causal pass
         # (see the module docstring); False steps inside the graph.
         self.two_phase = isinstance(self.core, SequenceCore) and cfg.core.rollout == "two_phase"
@@ -126,7 +128,7 @@ class RAM(nn.Module):
         else:
             h, hs, mus, locs = self._loop(images, loc, noise)
         # hs (T-1, B, d) = h_1..h_{T-1}, mus (T-1, B, 2), locs (T, B, 2) = l_0..l_{T-1}: time first
-        log_probs = self.classifier(h)
+        log_probs = self.classifier((hs.sum(0) + h) / T if self.mean_readout else h)
         if T > 1:
             log_pi = gaussian_log_prob(locs[1:], mus, self.std).t()
             baselines = self.baseline(hs.detach()).t()
