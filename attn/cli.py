@@ -283,13 +283,15 @@ def _curves(argv: list[str]) -> int:
     p.add_argument("--label", action="append", default=None, metavar="TEXT",
                    help="a legend label per run, in order (default: the run names)")
     p.add_argument("--title", default="", help="the picture's title")
+    p.add_argument("--target", type=float, default=None, metavar="ERROR",
+                   help="also print when each run's validation error first reached this value (%%)")
     _tracking_uri_option(p, "where the runs are")
     args = p.parse_args(argv)
     from pathlib import Path
 
     from attn.errors import ConfigError
     from attn.tracking import run_history
-    from attn.viz import learning_curves
+    from attn.viz import curve_points, learning_curves
 
     if args.label is not None and len(args.label) != len(args.runs):
         raise ConfigError(f"--label given {len(args.label)} times for {len(args.runs)} runs; give one per run or none")
@@ -299,6 +301,14 @@ def _curves(argv: list[str]) -> int:
         name, rows = run_history(uri, ref)
         series[args.label[i] if args.label else name] = rows
     path = learning_curves(series, Path(args.to), title=args.title)
+    for label, rows in series.items():
+        epochs, minutes, values = curve_points(rows)
+        line = f"{label}: {len(epochs)} epochs, best val_error {min(values):.2f}%" if values else f"{label}: no epochs"
+        if args.target is not None and values:
+            hit = next((i for i, v in enumerate(values) if v <= args.target), None)
+            line += (f"; <= {args.target:g}% first at epoch {epochs[hit]}, {minutes[hit]:.1f} min of training"
+                     if hit is not None else f"; never <= {args.target:g}%")
+        print(line)
     print(f"done: {path}")
     return 0
 

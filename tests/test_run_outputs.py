@@ -105,9 +105,14 @@ def test_curves_draws_the_runs_validation_history(trained, tmp_path, monkeypatch
     assert name == run.info.run_name and [r["epoch"] for r in rows] == list(range(EPOCHS))
     assert [r["val_error"] for r in rows] == want and all(r["epoch_time_s"] > 0 for r in rows)
     out = tmp_path / "curves.png"
+    target = want[1]  # reached first at the second epoch, or at the first if that one was as low
     assert main(["curves", run.info.run_id, run.info.run_name, "--label", "by id", "--label", "by name",
-                 "--to", str(out)]) == 0
+                 "--to", str(out), "--target", str(target)]) == 0
     assert Image.open(out).size[0] > 800
+    first = 1 if want[0] <= target else 2
+    minutes = sum(r["epoch_time_s"] for r in rows[:first]) / 60
+    assert f"by name: {EPOCHS} epochs, best val_error {min(want):.2f}%; <= {target:g}% first at epoch {first}, " \
+        f"{minutes:.1f} min of training" in capsys.readouterr().out
     assert main(["curves", run.info.run_id, "--label", "a", "--label", "b", "--to", str(out)]) == 2
     assert main(["curves", "no-such-run", "--to", str(out)]) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no MLflow run with id or name 'no-such-run'")
