@@ -401,6 +401,7 @@ def learning_curves(series: dict[str, list[dict]], path: Path, title: str = "", 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharey=True)
     for i, (label, rows) in enumerate(series.items()):
@@ -412,6 +413,8 @@ def learning_curves(series: dict[str, list[dict]], path: Path, title: str = "", 
         by_time.plot(minutes, values, color=color, lw=1.4, label=label)
     for ax, xlabel in ((by_epoch, "epoch"), (by_time, "training wall time (min)")):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", color="0.85", lw=0.6)
     by_epoch.set_ylabel(f"{metric} (%)")
