@@ -478,7 +478,7 @@ def _read_digit_struct(path: Path, direct: bool) -> tuple[DigitStruct, bool]:
             fh = open(path, "rb")
             try:
                 reader = _DirectReader.open(fh, f.id.get_create_plist().get_userblock())
-            except (_Unsupported, ValueError, OSError, struct.error, IndexError):
+            except (_Unsupported, ValueError, OSError, struct.error, IndexError, OverflowError):
                 reader = None
             finally:
                 fh.close()  # the map keeps its own handle
@@ -493,7 +493,7 @@ def _read_digit_struct(path: Path, direct: bool) -> tuple[DigitStruct, bool]:
                     try:
                         rec = reader.record(raw[0][i], raw[1][i])
                         used_direct = True
-                    except (_Unsupported, KeyError, ValueError, struct.error, IndexError, UnicodeDecodeError):
+                    except (_Unsupported, KeyError, ValueError, struct.error, IndexError, OverflowError, UnicodeDecodeError):
                         rec = None
                 if rec is None:
                     if refs is None:
