@@ -233,7 +233,7 @@ def experiment_yaml(summary: Summary, data_dir: str, path: str = "experiments/my
             "  hidden_size: 256",
             "  core: {kind: rnn}",
             f"  num_glimpses: {glimpses}",
-            "  policy_std: 0.05       # the most sensitive hyper-parameter (in [-1, 1] units)",
+            "  policy_std: 0.15       # the most sensitive hyper-parameter (in [-1, 1] units; see docs/results.md)",
         ]
     else:
         m += [
