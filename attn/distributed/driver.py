@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -150,7 +152,12 @@ def _start_ray(cfg: ExperimentConfig) -> bool:
         return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
+    # Ray Train's helpers (the placement-group cleaner, the state actor) find their cluster through
+    # the state API, which without RAY_ADDRESS picks whichever Ray runs on the machine or fails when
+    # there are several: a stopped trial's placement group then stays reserved and starves the next.
     if address:
+        if re.fullmatch(r"[\w.\-]+:\d+", address):
+            runtime_env["env_vars"]["RAY_ADDRESS"] = address
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -158,8 +165,28 @@ def _start_ray(cfg: ExperimentConfig) -> bool:
                 f"ray.address={address}: cannot connect to the Ray cluster ({str(exc).splitlines()[0][:200]})"
             ) from None
     else:
-        ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning")
+        with _own_gcs_port() as port:
+            runtime_env["env_vars"]["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+            ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning")
     return True
+
+
+@contextmanager
+def _own_gcs_port():
+    """A free port for the Ray head this process starts (RAY_GCS_SERVER_PORT, read while Ray starts
+    its GCS; a port the user set is kept), so that its address is known before it runs."""
+    given = os.environ.get("RAY_GCS_SERVER_PORT")
+    if given:
+        yield int(given)
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        yield port
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 def cluster_capacity() -> dict[str, float]:
