@@ -626,15 +626,19 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(200, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(128, ge=1, description="Images per optimiser step on each worker.")
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd"] = Field(
+        "adamw", description="adamw: decoupled weight decay; adam: decay added to the gradient (L2); sgd: with momentum."
+    )
     lr: float = Field(3e-4, gt=0.0, le=10.0, description="Learning rate.")
-    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay: float = Field(
+        0.01, ge=0.0, description="Weight decay of weight matrices and kernels only (biases, norms, gates' biases: none)."
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
     scheduler: Literal["plateau", "exponential", "cosine", "none"] = Field(
         "plateau", description="plateau: ReduceLROnPlateau on validation error."
     )
     plateau_patience: int = Field(20, ge=0, description="Epochs without improvement before the LR drops.")
-    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0)
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="LR factor at each plateau drop (plateau).")
     gamma: float = Field(0.97, gt=0.0, le=1.0, description="Per-epoch LR factor (exponential).")
     patience: int = Field(
         50, ge=1, description="Early stopping: epochs since the best validation error before stopping."
@@ -678,7 +682,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     mc_samples: int = Field(10, ge=1, description="M: sampled episodes averaged at test time.")
     seed: int = Field(1234, ge=0, description="Seed of evaluation episodes (l_0 and samples).")
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, description="Images per evaluation batch (validation and test).")
     viz_every: int = Field(
         5,
         ge=0,
@@ -711,12 +715,14 @@ class SearchDim(Section):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    choice: Optional[list[Scalar]] = Field(None, min_length=1)
-    int_range: Optional[tuple[int, int]] = Field(None, alias="int")
-    uniform: Optional[tuple[float, float]] = None
-    loguniform: Optional[tuple[float, float]] = None
+    choice: Optional[list[Scalar]] = Field(None, min_length=1, description="Values to pick from.")
+    int_range: Optional[tuple[int, int]] = Field(None, alias="int", description="[low, high] integers, both included.")
+    uniform: Optional[tuple[float, float]] = Field(None, description="[low, high] floats, uniform.")
+    loguniform: Optional[tuple[float, float]] = Field(None, description="[low, high] floats, uniform in log (low > 0).")
     step: Optional[int] = Field(None, ge=1, description="int only: the grid step from low.")
-    when: Optional[dict[str, list[Scalar]]] = None
+    when: Optional[dict[str, list[Scalar]]] = Field(
+        None, description="Search this key only when other searched choice keys took one of these values."
+    )
 
     @property
     def kind(self) -> str:
@@ -756,8 +762,8 @@ class SweepConfig(Section):
         "best_val_error",
         description="A validation metric reported every epoch (val_* or best_val_error); never a test metric.",
     )
-    mode: Literal["min", "max"] = "min"
-    num_trials: int = Field(20, ge=1, le=100_000)
+    mode: Literal["min", "max"] = Field("min", description="Whether the best trial has the lowest or highest metric.")
+    num_trials: int = Field(20, ge=1, le=100_000, description="Trials to run (finished and stopped early alike).")
     sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler.")
     seed: int = Field(0, ge=0, description="Seed of the sampler.")
     asha: Optional[AshaConfig] = Field(
@@ -805,7 +811,7 @@ class RayConfig(Section):
         "`ray job submit` job), else start Ray on this machine.",
     )
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
-    cpus_per_worker: float = Field(2.0, gt=0.0)
+    cpus_per_worker: float = Field(2.0, gt=0.0, description="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = Field(0.0, ge=0.0, description="0: train on CPU with gloo; >0: GPUs with nccl.")
     threads_per_worker: Optional[int] = Field(
         None, ge=1, description="torch threads in each worker. None: cpus_per_worker rounded up."
@@ -865,7 +871,7 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    sweep: Optional[SweepConfig] = Field(None, description="A search over config keys; see README 'Sweeps'.")
+    sweep: Optional[SweepConfig] = Field(None, description="A search over config keys; see docs/sweeps.md.")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "ExperimentConfig":

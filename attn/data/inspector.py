@@ -200,7 +200,7 @@ def experiment_yaml(summary: Summary, data_dir: str, path: str = "experiments/my
     header += ["# What the folder held:"] + [f"#   {line.rstrip()}" for line in summary.lines()]
     header += [
         f"# Train: python run.py {path} [key=value ...]",
-        "# Every key: README 'Configuration'; your own data: README 'Your own data'.",
+        "# Every key: docs/configuration.md; your own data: docs/data.md.",
     ]
     d = ["data:", f"  task: {summary.task}"]
     d.append(f"  data_dir: {_quote(data_dir)}    # relative paths are read from $ATTN_DATA_ROOT if set, else the current folder")
