@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10-3.12 and make):
 #   make train   creates .venv, installs attn, trains RAM on the embedded MNIST, tracked in ./mlflow.db
-#   make test    creates .venv, installs attn with test extras, runs the test suite
+#   make test    creates .venv, installs attn with test extras, runs the test suite: the unit tier, then e2e
+#   make test-fast  the unit tier alone (tests/unit: no Ray, no MLflow server), in under 2 minutes
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: train test bench install clean
+.PHONY: train test test-fast test-e2e bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +19,17 @@ install: $(VENV)/.installed
 train: $(VENV)/.installed
 	$(PY) run.py experiments/mnist_ram.yaml
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q -ra --durations=15
+PYTEST := $(PY) -m pytest -q -ra --durations=15
+
+test-fast: $(VENV)/.installed
+	$(PYTEST) tests/unit
+
+test-e2e: $(VENV)/.installed
+	$(PYTEST) tests/e2e
+
+# Unit first: a broken unit test stops the run before the slow tier starts.
+test: test-fast
+	$(PYTEST) tests/e2e
 
 bench: $(VENV)/.installed
 	$(PY) -m attn.bench ram

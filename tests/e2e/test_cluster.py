@@ -1,0 +1,264 @@
+"""Clusters: DDP across two real Ray nodes into an MLflow server (surviving a killed worker and an
+MLflow outage), and `ray up` / `ray job submit` / `ray down` of cluster.local.yaml over SSH on
+loopback. (The cluster files against Ray's own schema: tests/unit/test_cluster_files.py.)
+
+Every process a test starts is stopped by that test, also when it fails (and conftest kills any
+survivor carrying the session marker, failing the session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, running_ray_head, steps
+from helpers.processes import MARKER, command_line, marked_pids
+from helpers.servers import free_port, mlflow_server
+
+
+# ---------------------------------------------------------------------------------------------
+# a real two-node cluster
+# ---------------------------------------------------------------------------------------------
+def marked_processes(*needles: str) -> list[int]:
+    """PIDs among the processes carrying this test session's marker whose command line holds a needle."""
+    return [pid for pid in marked_pids() if any(n in " ".join(command_line(pid)) for n in needles)]
+
+
+def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_path, monkeypatch):
+    """Two Ray nodes (1 CPU each) joined on loopback; two DDP workers, one per node (STRICT_SPREAD);
+    checkpoints in a shared storage folder; params, curves and artifacts in an MLflow server on
+    loopback. Mid-run the server stops; while it is down one worker process is killed (Ray Train
+    restarts the worker group from the latest checkpoint, and rank 0's buffered metrics die with
+    it); then the server starts again. The run finishes and every epoch is in MLflow exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    epochs, port, shared = 8, free_port(), tmp_path / "shared"
+    # Ray Train's default poll (every 2 s; conftest shortens it): each epoch then lasts about 2 s, so
+    # that training is still under way when the server stops and when the worker is killed.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")
+
+    def checkpoints() -> set[str]:
+        return {p.name for p in shared.glob("runs/mnist_ram/*/checkpoint_*")}
+
+    server = mlflow_server(tmp_path / "mlflow", port=port)
+    uri = server.__enter__()
+    try:
+        with running_ray_head(num_cpus=1, extra_nodes=(1,)) as address:
+            with background_run(
+                tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
+                f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
+                "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=1", f"ray.storage_path={shared / 'runs'}",
+                f"tracking.tracking_uri={uri}",
+            ) as driver:
+                deadline = time.time() + 300
+                while time.time() < deadline and len(checkpoints()) < 2:  # the first is surely registered
+                    time.sleep(0.1)
+                server.__exit__(None, None, None)
+                server = None
+                seen = checkpoints()
+                while time.time() < deadline and not checkpoints() - seen:
+                    time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
+                workers = marked_processes("RayTrainWorker")
+                assert len(workers) == 2, workers
+                os.kill(workers[-1], signal.SIGKILL)
+                time.sleep(3)
+                server = mlflow_server(tmp_path / "mlflow", port=port)
+                server.__enter__()
+                out, _ = driver.communicate(timeout=400)
+            # Read back while the cluster's processes (the MLflow server among them) still run.
+            assert driver.returncode == 0, out[-4000:]
+            assert "is unreachable" in out and "resuming from" in out, out[-4000:]
+            assert f"epoch {epochs}/{epochs}" in out and "img/s" in out and "left" in out
+
+            client = MlflowClient(tracking_uri=uri)
+            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+            assert run.info.status == "FINISHED"
+            # The two ranks ran on two different nodes.
+            nodes = run.data.tags["ray.worker_nodes"].split(",")
+            assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
+
+            p = run.data.params
+            assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "6000"
+            assert p["ray.storage_path"] == str(shared / "runs") and p["tracking.tracking_uri"] == uri
+            # Every epoch exactly once, whatever was re-run or lost in the buffer.
+            for key in ("val_error", "train_loss", "lr", "best_val_error", "images_per_s", "train_accuracy",
+                        "val_nll", "train_nonfinite_steps"):
+                assert sorted(steps(client, run.info.run_id, key)) == list(range(epochs)), key
+            m = run.data.metrics
+            assert m["test_error"] < 60.0  # chance is 90%: it learned something in 8 epochs on 6000 images
+            assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
+            assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
+
+            arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+            assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
+            conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+            assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
+            local = client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
+    state = torch.load(local, weights_only=True)
+    from attn.config import load_config
+    from attn.data.base import DataSpec
+    from attn.models import build_model
+
+    model = build_model(load_config(EXPERIMENT).model, DataSpec(1, 28, 28, 10, tuple("0123456789")))
+    model.load_state_dict(state)
+
+    # The run folder on the shared storage keeps the resolved config and Ray Train's checkpoints.
+    (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
+    saved = json.loads((run_dir / "attn_run.json").read_text())
+    assert saved["mlflow_run_id"] == run.info.run_id and saved["config"]["ray"]["num_workers"] == 2
+    assert list(run_dir.glob("checkpoint_*/state.pt"))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# ray up / job submit / ray down over SSH
+# ---------------------------------------------------------------------------------------------
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+@contextlib.contextmanager
+def loopback_sshd(root: Path, home: Path):
+    """sshd on a free loopback port that logs in with a key of its own and runs every command with
+    HOME=``home`` (the remote account the cluster sees), carrying the test session's marker."""
+    root.mkdir(parents=True)
+    home.mkdir(parents=True)
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    port = free_port()
+    wrapper = root / "login.sh"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f"export HOME={home} ATTN_TEST_SESSION={MARKER}\n"
+        'cd "$HOME"\n'
+        'if [ -n "$SSH_ORIGINAL_COMMAND" ]; then exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"; fi\n'
+        "exec /bin/bash -l\n"
+    )
+    wrapper.chmod(0o755)
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {root / 'user_key.pub'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {root / 'sshd.pid'}\n"
+        f"ForceCommand {wrapper}\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    proc = subprocess.Popen([SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
+    try:
+        deadline = time.time() + 20
+        while True:
+            assert proc.poll() is None, (root / "sshd.log").read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.time() < deadline, "sshd did not listen"
+            time.sleep(0.1)
+        yield port, root / "user_key"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def ray_processes() -> list[int]:
+    """Ray's daemons among the processes carrying this test session's marker."""
+    return marked_processes("raylet", "gcs_server")
+
+
+def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
+    if not Path(SSHD).exists():
+        if os.environ.get("ATTN_REQUIRE_SSHD"):
+            pytest.fail(f"{SSHD} is missing: .ci/run installs Debian's openssh-server")
+        pytest.skip("needs sshd (apt-get install openssh-server); .ci/run installs it")
+    from mlflow.tracking import MlflowClient
+
+    home, client_home, shared = tmp_path / "node", tmp_path / "laptop", tmp_path / "shared"
+    client_home.mkdir()
+    ray_port, dash_port, mlflow_port = free_port(), free_port(), free_port()
+    with loopback_sshd(tmp_path / "sshd", home) as (ssh_port, key):
+        # cluster.local.yaml as a user fills it in for one machine; the node already has attn's
+        # environment (this one), so setup uses --python instead of building ~/attn-venv.
+        config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
+        config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+        config.update(min_workers=0, max_workers=0)
+        config["auth"] = {
+            "ssh_user": os.environ.get("USER") or "root",
+            "ssh_private_key": str(key),
+            "ssh_proxy_command": f"{sys.executable} {ROOT / 'tests' / 'helpers' / 'tcp_relay.py'} 127.0.0.1 {ssh_port}",
+        }
+        config["setup_commands"] = [
+            c.replace("--shared /mnt/shared/attn", f"--shared {shared} --python {sys.executable}")
+            for c in config["setup_commands"]
+        ]
+        config["head_start_ray_commands"] = [
+            c.replace("node.sh head --port 5000", f"node.sh head --ip 127.0.0.1 --port {mlflow_port}")
+            .replace("--port=6379", f"--port={ray_port}").replace("--dashboard-port=8265", f"--dashboard-port={dash_port}")
+            for c in config["head_start_ray_commands"]
+        ]
+        cluster_file = tmp_path / "cluster.yaml"
+        cluster_file.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "HOME": str(client_home)}
+
+        def ray(*args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+            proc = subprocess.run(
+                [RAY, *args], cwd=ROOT, env={**env, **extra_env}, capture_output=True, text=True, timeout=timeout
+            )
+            assert proc.returncode == 0, f"ray {args[0]}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            return proc
+
+        try:
+            ray("up", "-y", "--no-config-cache", str(cluster_file))
+            env_file = (home / ".attn" / "cluster.env").read_text()
+            assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in env_file
+            token = ray("exec", str(cluster_file), 'cat "$RAY_AUTH_TOKEN_PATH"').stdout.strip().splitlines()[-1].strip()
+            assert len(token) == 64 and (shared / ".ray" / "auth_token").stat().st_mode & 0o077 == 0
+
+            # Token authentication is on: a submission without the token is refused.
+            refused = subprocess.run(
+                [RAY, "job", "list", "--address", f"http://127.0.0.1:{dash_port}"], cwd=ROOT,
+                env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True,
+                timeout=120,
+            )
+            assert refused.returncode != 0
+
+            job = ray(
+                "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", ".", "--",
+                "python", "run.py", "experiments/mnist_ram.yaml", "data.train_subset=1000", "data.eval_subset=200",
+                "eval.mc_samples=1", "train.epochs=1", "ray.cpus_per_worker=1",
+                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+            )
+            assert "done: mnist-ram" in job.stdout, job.stdout[-3000:]
+
+            # The run went to the head's MLflow server and its folder to the shared storage.
+            client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
+            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+            assert run.info.status == "FINISHED" and "test_error" in run.data.metrics
+            assert run.data.params["ray.storage_path"] == str(shared / "runs")
+            assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} >= {"checkpoint/best_model.pt"}
+            (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
+            assert list(run_dir.glob("checkpoint_*/state.pt"))
+            assert (shared / "mlartifacts").is_dir() and (shared / "mlflow" / "mlflow.db").is_file()
+
+            ray("down", "-y", str(cluster_file))
+            deadline = time.time() + 30
+            while ray_processes() and time.time() < deadline:
+                time.sleep(0.5)
+            assert not ray_processes(), "ray down left Ray running"
+        finally:
+            subprocess.run([RAY, "down", "-y", str(cluster_file)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+            subprocess.run(
+                ["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "stop-mlflow"],
+                env={**os.environ, "HOME": str(home)}, capture_output=True, timeout=60,
+            )

@@ -1,0 +1,74 @@
+"""Sweeps without Ray: the sweep section's schema, Optuna sampling of conditional spaces, trial
+concurrency. End to end through `python run.py`: tests/e2e/test_sweep.py."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from attn.config import load_config, validate_config
+from attn.distributed.sweep import SearchSpace, concurrency
+from attn.errors import ConfigError
+from helpers.cli import ROOT
+
+
+SPACE = {
+    "model.core.kind": {"choice": ["rnn", "gtrxl"]},
+    "model.num_glimpses": {"int": [3, 8], "step": 1},
+    "train.lr": {"loguniform": [1e-4, 1e-2]},
+    "model.core.num_layers": {"int": [1, 3], "when": {"model.core.kind": ["gtrxl"]}},
+}
+
+
+def test_shipped_sweep_files_load():
+    for name in ("mnist_sweep", "svhn_sweep"):
+        cfg = load_config(ROOT / "experiments" / f"{name}.yaml")
+        assert cfg.sweep is not None and cfg.sweep.metric.startswith(("val_", "best_val"))
+
+
+@pytest.mark.parametrize(
+    "space,extra,needle",
+    [
+        ({"train.lrr": {"uniform": [0.1, 0.2]}}, {}, "sweep.space: 'train.lrr' is not a config key"),
+        ({"lr": {"uniform": [0.1, 0.2]}}, {}, "did you mean train.lr"),
+        ({"train.lr": {"uniform": [-1.0, 0.2]}}, {}, "sweep.space.train.lr: the value -1.0 makes an invalid config"),
+        ({"train.lr": {"uniform": [0.3, 0.2]}}, {}, "low 0.3 is above high 0.2"),
+        ({"train.lr": {"choice": [0.1], "uniform": [0.1, 0.2]}}, {}, "exactly one of choice, int, uniform, loguniform"),
+        ({"model.core.num_layers": {"int": [1, 2]}}, {}, "does not apply to model.core.kind 'rnn'"),
+        ({"train.lr": {"uniform": [0.1, 0.2], "when": {"model.core.kind": ["gtrxl"]}}}, {}, "must itself be a searched choice key"),
+        (SPACE, {"metric": "test_error"}, "validation metrics only"),
+    ],
+)
+def test_bad_sweep_sections_give_one_clear_error(space, extra, needle):
+    with pytest.raises(ConfigError) as err:
+        validate_config({"sweep": {"space": space, **extra}}, "s.yaml")
+    assert needle in str(err.value) and str(err.value).startswith("s.yaml: ")
+
+
+def test_conditional_space_sampled_by_optuna():
+    sweep = validate_config({"sweep": {"space": SPACE}}, "s.yaml").sweep
+    space = SearchSpace(sweep)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    kinds = set()
+    for _ in range(40):
+        trial = study.ask()
+        space(trial)
+        p = trial.params
+        kinds.add(p["model.core.kind"])
+        assert 3 <= p["model.num_glimpses"] <= 8 and 1e-4 <= p["train.lr"] <= 1e-2
+        # The conditional key is drawn exactly when its condition holds.
+        assert ("model.core.num_layers" in p) == (p["model.core.kind"] == "gtrxl")
+        study.tell(trial, 0.0)
+    assert kinds == {"rnn", "gtrxl"}
+
+
+def test_concurrency_from_cluster_resources():
+    cfg = load_config(ROOT / "experiments" / "mnist_sweep.yaml")  # 1 worker x 0.9 CPU + 0.1 per trial
+    assert concurrency(cfg, {"CPU": 2.0}) == 2
+    assert concurrency(cfg, {"CPU": 64.0}) == 12  # never more than the trials
+    cfg.sweep.max_concurrent_trials = 3
+    assert concurrency(cfg, {"CPU": 64.0}) == 3
+    gpu = load_config(ROOT / "experiments" / "mnist_sweep.yaml", ["ray.gpus_per_worker=1", "ray.num_workers=2"])
+    assert concurrency(gpu, {"CPU": 64.0, "GPU": 5.0}) == 2  # trials never wait for GPUs they cannot get
+    with pytest.raises(ConfigError, match="one trial needs"):
+        concurrency(gpu, {"CPU": 64.0, "GPU": 1.0})
