@@ -12,6 +12,7 @@ import sys
 import tempfile
 from typing import Any, Optional
 
+import pyarrow.fs
 import ray.train
 import ray.train.torch
 import torch
@@ -22,7 +23,9 @@ from attn.runtime import configure_torch
 
 
 class RayReporter:
-    """Checkpoint in/out through Ray Train. The restored checkpoint is copied to a local folder."""
+    """Checkpoint in/out through Ray Train. A restored checkpoint on local (or shared) disk is read
+    where it is, so the log names the run's own checkpoint folder; one in remote storage (S3, GCS)
+    is copied to a local folder first."""
 
     def __init__(self) -> None:
         self._restore_dir: Optional[str] = None
@@ -31,6 +34,8 @@ class RayReporter:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
+        if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+            return ckpt.path
         self._restore_dir = tempfile.mkdtemp(prefix="attn-restore-")
         ckpt.to_directory(self._restore_dir)
         return self._restore_dir

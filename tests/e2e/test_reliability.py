@@ -18,6 +18,7 @@ def test_tracker_buffers_while_the_server_is_down_and_delivers_once_it_is_back(t
     """A real MLflow server on loopback, stopped mid-run and started again on the same port and store."""
     from mlflow.tracking import MlflowClient
 
+    from attn.errors import TrackingError
     from attn.tracking import MlflowTracker, ensure_experiment
 
     port = free_port()
