@@ -223,7 +223,7 @@ def _init_experiment(argv: list[str]) -> int:
     if args.labels_file and args.task == "image_folder":
         p.error("--labels-file applies to --task image_sequences only")
 
-    from attn.data.inspector import write_experiment
+    from attn.data.own_images import write_experiment
 
     summary, path = write_experiment(
         args.data, args.to, task=args.task or ("image_sequences" if args.labels_file else None),

@@ -42,11 +42,11 @@ def build_data(cfg: DataConfig) -> TaskData:
 
         data = load_mnist_variant(cfg)
     elif cfg.task == "image_folder":
-        from attn.data.image_folder import load_image_folder
+        from attn.data.own_images import load_image_folder
 
         data = load_image_folder(cfg)
     elif cfg.task == "image_sequences":
-        from attn.data.image_folder import load_image_sequences
+        from attn.data.own_images import load_image_sequences
 
         data = load_image_sequences(cfg)
     else:  # pragma: no cover - the schema admits only the tasks above

@@ -8,7 +8,6 @@ unpickling) and mapped to CPU.
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from attn.errors import CheckpointError
+from attn.io import atomic_write
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
@@ -25,15 +25,13 @@ FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any], best_model: dict[str, Any], config_yaml: str) -> Path:

@@ -156,7 +156,8 @@ def test_number_boxes_match_a_per_record_loop(tmp_path):
     slow float64 loop: union of the digit boxes, minus the crop's corner, times size / crop side."""
     from PIL import Image
 
-    from attn.data.svhn import _read_index, crop_box, ensure_cache
+    from attn.data.svhn import crop_box, ensure_cache
+    from attn.data.svhn.load import _read_index
     from helpers.svhn_fixture import make_svhn_folder
 
     make_svhn_folder(tmp_path / "src", "train", 30, seed=7, max_len=4, long_numbers=2, bad_boxes=4)

@@ -26,9 +26,9 @@ from PIL import Image
 from attn.cli import main
 from attn.config import load_config
 from attn.data import build_data
-from attn.data import image_folder as imf
+from attn.data import own_images as imf
 from attn.data.base import IGNORE_INDEX
-from attn.data.inspector import inspect_folder
+from attn.data.own_images import inspect_folder
 from attn.errors import DataError
 from helpers.image_folders import NAMES, make_gray, make_rgb, make_seq, mnist_arrays
 

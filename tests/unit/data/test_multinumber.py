@@ -1,6 +1,6 @@
 """The SVHN multiple-numbers generator and loader (design reference 2.5, 2.6) on a small fixture SVHN.
 
-The fixture (tests/svhn_fixture.py) writes real format 1 folders: MNIST digits with exact boxes,
+The fixture (tests/helpers/svhn_fixture.py) writes real format 1 folders: MNIST digits with exact boxes,
 numbers of 1-3 digits, so the 1-2 digit pools are known record by record.
 """
 
@@ -236,7 +236,7 @@ def test_test_pool_train_and_default_geometry(tmp_path):
 def test_pool_rules_mirror_crop_box(tmp_path):
     records = make_svhn_folder(tmp_path, "train", 60, seed=7, bad_boxes=6, long_numbers=2)
     ds = read_digit_struct(tmp_path / "train" / "digitStruct.mat")
-    pool = mn._folder_pool("train", ds)
+    pool = mn.pools.folder_pool("train", ds)
     want = []
     for i in range(len(ds)):
         _, rows = ds.record(i)

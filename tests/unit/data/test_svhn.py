@@ -1,7 +1,7 @@
 """SVHN format 1: the digitStruct.mat reader, Goodfellow crops, label encoding, the prepared cache
 (reuse, invalidation, resumable builds), splits, errors and `run.py prepare svhn` over loopback HTTP.
 
-Data comes from tests/svhn_fixture.py: MNIST digits on textured backgrounds with a digitStruct.mat in
+Data comes from tests/helpers/svhn_fixture.py: MNIST digits on textured backgrounds with a digitStruct.mat in
 the official MATLAB v7.3 layout.
 """
 
@@ -112,8 +112,8 @@ def test_parse_matches_records_direct_and_via_h5py(source, tmp_path, monkeypatch
     def no_fallback(*a, **k):
         raise AssertionError("the direct reader fell back to h5py on a MATLAB-layout file")
 
-    monkeypatch.setattr(svhn, "_h5py_record", no_fallback)
-    direct, used_direct = svhn._read_digit_struct(root / "train" / "digitStruct.mat", True)
+    monkeypatch.setattr(svhn.digitstruct, "_h5py_record", no_fallback)
+    direct, used_direct = svhn.digitstruct._read_digit_struct(root / "train" / "digitStruct.mat", True)
     assert used_direct and direct.digest() == ds.digest()
     monkeypatch.undo()
     # A newer HDF5 file format (v2 object headers, link messages) is read through the h5py path.
@@ -127,14 +127,16 @@ def test_a_misreading_direct_reader_is_caught_by_the_h5py_sample(source, monkeyp
     root, _ = source
     path = root / "train" / "digitStruct.mat"
     want = read_digit_struct(path, direct=False).digest()
-    real = svhn._DirectReader.record
+    from attn.data.svhn import digitstruct_fast
+
+    real = digitstruct_fast.DirectReader.record
 
     def off_by_one(self, name_addr, bbox_addr):
         name, cols = real(self, name_addr, bbox_addr)
         cols[1] = [v % 10 + 1 for v in cols[1]]  # every label shifted
         return name, cols
 
-    monkeypatch.setattr(svhn._DirectReader, "record", off_by_one)
+    monkeypatch.setattr(digitstruct_fast.DirectReader, "record", off_by_one)
     assert read_digit_struct(path).digest() == want
     assert "disagreed with h5py" in capsys.readouterr().err
 
@@ -282,8 +284,8 @@ def test_cache_reused_refreshed_and_rebuilt(source, tmp_path, monkeypatch, capsy
     cache = root / "attn-cache" / "svhn-train-gray64.h5"
     stamp = cache.stat().st_mtime_ns
     builds = []
-    real_build = svhn._build
-    monkeypatch.setattr(svhn, "_build", lambda *a, **k: (builds.append(a[0].name), real_build(*a, **k))[1])
+    real_build = svhn.cache._build
+    monkeypatch.setattr(svhn.cache, "_build", lambda *a, **k: (builds.append(a[0].name), real_build(*a, **k))[1])
 
     load_svhn(cfg)  # second load: nothing rebuilt
     assert builds == [] and cache.stat().st_mtime_ns == stamp

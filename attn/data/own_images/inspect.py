@@ -1,7 +1,7 @@
 """`python run.py init-experiment --data DIR --to FILE`: look at a folder of your own images and write
 a commented starting experiment for it.
 
-:func:`inspect_folder` lists the folder as the loaders do (:mod:`attn.data.image_folder`: same
+:func:`inspect_folder` lists the folder as the loaders do (:mod:`attn.data.own_images.listing`: same
 layouts, same errors naming the file) and reads every image's header, not its pixels: classes (or
 label files, label lengths and tokens), counts per split folder and class, sizes, channel modes.
 :func:`experiment_yaml` turns that summary into an experiment file that :func:`attn.config.load_config`
@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from attn.data import image_folder as imf
+from attn.data.own_images.decode import channel_kind, probe_all
+from attn.data.own_images.labels import find_label_file, label_summary
+from attn.data.own_images.listing import SPLITS, data_root, list_image_folder, list_sequences, split_folders
 from attn.errors import AttnError, DataError
+from attn.io import atomic_write
 
 MAX_SUGGESTED_SIDE = 128
 """Larger images are suggested a target_size scaled down to this longer side (glimpses cost grows with it)."""
@@ -46,7 +49,7 @@ class Summary:
     def kinds(self) -> Counter:
         out: Counter = Counter()
         for mode, n in self.modes.items():
-            out[imf.channel_kind(mode)] += n
+            out[channel_kind(mode)] += n
         return out
 
     @property
@@ -111,35 +114,35 @@ class Summary:
 
 def detect_task(root: Path, labels_file: Optional[str] = None) -> str:
     """image_sequences when a label file is found (in train/ or the folder itself), else image_folder."""
-    layout = imf.split_folders(root)
+    layout = split_folders(root)
     folder = layout["train"] if layout else root
-    return "image_sequences" if imf.find_label_file(folder, labels_file) is not None else "image_folder"
+    return "image_sequences" if find_label_file(folder, labels_file) is not None else "image_folder"
 
 
 def inspect_folder(data_dir: str | Path, task: Optional[str] = None, labels_file: Optional[str] = None) -> Summary:
-    root = imf.data_root(str(data_dir), task or "image_folder")
+    root = data_root(str(data_dir), task or "image_folder")
     task = task or detect_task(root, labels_file)
     if task == "image_folder":
-        listing = imf.list_image_folder(root)
+        listing = list_image_folder(root)
         names = list(listing.layout) or ["all"]
         counts = {s: Counter() for s in names}
         for lab, src in zip(listing.labels.tolist(), listing.source.tolist()):
-            counts["all" if not listing.layout else imf.SPLITS[src]][listing.classes[lab]] += 1
+            counts["all" if not listing.layout else SPLITS[src]][listing.classes[lab]] += 1
         summary = Summary(root, task, listing.layout, counts, classes=listing.classes, ignored=len(listing.ignored))
         files = listing.files
     else:
-        seq = imf.list_sequences(root, labels_file)
+        seq = list_sequences(root, labels_file)
         names = list(seq.layout) or ["all"]
         counts = {s: Counter() for s in names}
         for row, src in zip(seq.rows, seq.source.tolist()):
-            counts["all" if not seq.layout else imf.SPLITS[src]][len(row.tokens)] += 1
+            counts["all" if not seq.layout else SPLITS[src]][len(row.tokens)] += 1
         labels = {("all" if not seq.layout else s): p for s, p in seq.label_files.items()}
-        summary = Summary(root, task, seq.layout, counts, label_files=labels, vocabulary=imf.label_summary(seq.rows)[1])
+        summary = Summary(root, task, seq.layout, counts, label_files=labels, vocabulary=label_summary(seq.rows)[1])
         files = seq.files
-    for f, (mode, w, h) in zip(files, imf.probe_all(files)):
+    for f, (mode, w, h) in zip(files, probe_all(files)):
         summary.sizes[(h, w)] += 1
         summary.modes[mode] += 1
-        summary.example.setdefault(imf.channel_kind(mode), f.path)
+        summary.example.setdefault(channel_kind(mode), f.path)
     return summary
 
 
@@ -289,12 +292,10 @@ def write_experiment(
     if labels_file:
         text = text.replace("  max_length:", f"  labels_file: {_quote(labels_file)}\n  max_length:", 1)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    try:
-        load_config(tmp)
-    except AttnError as exc:  # pragma: no cover - a bug in experiment_yaml, not the user's
-        tmp.unlink()
-        raise AssertionError(f"init-experiment wrote an invalid experiment: {exc}\n{text}") from None
-    os.replace(tmp, target)
+    with atomic_write(target) as tmp:
+        tmp.write_text(text)
+        try:
+            load_config(tmp)
+        except AttnError as exc:  # pragma: no cover - a bug in experiment_yaml, not the user's
+            raise AssertionError(f"init-experiment wrote an invalid experiment: {exc}\n{text}") from None
     return summary, target
