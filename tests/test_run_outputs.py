@@ -251,7 +251,7 @@ def test_cost_and_transfer_from_the_run(trained):
     """The run logged its cost; train.init_from=experiment:NAME pins the newest finished run and
     loads every tensor of a same-shaped model."""
     from attn.config import load_config
-    from attn.distributed.driver import resolve_init
+    from attn.distributed.lifecycle import resolve_init
     from attn.engine.trainer import WorkerInfo, fit
     from attn.sources import load_source
 
