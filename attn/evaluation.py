@@ -24,9 +24,10 @@ import yaml
 from attn.config import ExperimentConfig, apply_overrides, dump_config, validate_config
 from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import architecture_differences
-from attn.engine.details import EvalDetails
-from attn.engine.loop import score_split
+from attn.engine.objective import objective_for
+from attn.engine.passes import score_split
 from attn.engine.pictures import Pictures
+from attn.engine.split_stats import SplitStats
 from attn.errors import CheckpointError, ConfigError
 from attn.models import build_model
 from attn.sources import load_source
@@ -113,16 +114,16 @@ def _score_and_record(cfg, model, data, chosen, split: str, run_id: str, uri: st
     loader = BatchLoader(chosen, cfg.eval.batch_size, shuffle=False)
     tracker = MlflowTracker(uri, run_id, retry_timeout_s=cfg.tracking.retry_timeout_s, log=log)
     t0 = time.perf_counter()
-    details = EvalDetails(data.spec, device)
+    stats = SplitStats(data.spec, device)
     m = cfg.eval.mc_samples
     metrics = score_split(model, loader, data, device=device, prefix=split, mc_samples=m, seed=cfg.eval.seed,
-                          details=details)
+                          stats=stats)
     metrics["eval_time_s"] = time.perf_counter() - t0
     tracker.log_metrics(metrics, step=0)
     pictures = Pictures(cfg, data, device, split=split)
     pictures.episodes(model, "final", tracker)
-    pictures.analysis(details, tracker, step=0, prefix=split)
-    what = "sequence error" if data.spec.is_sequence else "error"
+    pictures.analysis(stats, tracker, step=0, prefix=split)
+    what = objective_for(data.spec).error_name
     summary = (
         f"{split} {what} {metrics[f'{split}_error']:.2f}% (mean policy), "
         f"{metrics[f'{split}_error_mc']:.2f}% ({m} samples averaged)"

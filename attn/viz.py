@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from attn.data.base import DataSpec
+from attn.engine.objective import Objective, objective_for
 from attn.models.retina import patch_boxes
 
 FIRST_COLOR = (255, 255, 255)
@@ -162,21 +163,6 @@ def save_gif(frames: list[Image.Image], path: Path, duration_ms: int = 700) -> P
     return path
 
 
-def label_text(tokens: Sequence[int], spec: DataSpec) -> str:
-    """How a label prints: the class name, or a sequence's tokens up to (not including) its end token."""
-    names = spec.class_names
-    if not spec.is_sequence:
-        return names[int(tokens[0])]
-    out = []
-    for t in tokens:
-        t = int(t)
-        if t < 0 or t == spec.end_token:
-            break
-        out.append(names[t] if t < len(names) else "?")
-    sep = "" if all(len(n) == 1 for n in names if n != names[spec.end_token]) else " "
-    return sep.join(out) or "(empty)"
-
-
 @dataclass
 class EpisodeDrawing:
     """What is needed to draw one image's episode."""
@@ -186,24 +172,20 @@ class EpisodeDrawing:
     slot: Optional[list[int]]  # (T,) label slot per glimpse (DRAM)
     pred: list[int]
     truth: list[int]
-    spec: DataSpec
+    objective: Objective
 
     @property
     def correct(self) -> bool:
-        if not self.spec.is_sequence:
-            return self.pred[0] == self.truth[0]
-        end = self.spec.end_token
-        n = next((i for i, t in enumerate(self.truth) if t == end), len(self.truth) - 1) + 1
-        return self.pred[:n] == self.truth[:n]
+        return self.objective.correct(self.pred, self.truth)
 
     def title(self) -> str:
-        return f"pred {label_text(self.pred, self.spec)} | true {label_text(self.truth, self.spec)}"
+        return f"pred {self.objective.label_text(self.pred)} | true {self.objective.label_text(self.truth)}"
 
     def legend(self) -> Optional[list[tuple[int, str]]]:
         if self.slot is None:
             return None
         used = sorted(set(self.slot))
-        names = self.spec.class_names
+        names = self.objective.spec.class_names
         return [(s, f"{s + 1}:{names[self.pred[s]] if s < len(self.pred) else '?'}") for s in used]
 
     def frame(self, shown: Optional[int] = None, zoom: Optional[int] = None) -> Image.Image:
@@ -238,10 +220,8 @@ def draw_episodes(
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    kwargs = {}
-    if labels.ndim > 1:
-        kwargs["num_slots"] = max(int((labels >= 0).sum(dim=1).max()), 1)
-    episode = model(inputs, policy="mean", generator=generator, **kwargs)
+    objective = objective_for(spec)
+    episode = model(inputs, policy="mean", generator=generator, **objective.slots(labels))
     model.train(was_training)
     H, W = inputs.shape[-2:]
     boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
@@ -253,7 +233,7 @@ def draw_episodes(
         y = labels[b].reshape(-1).tolist()
         out.append(
             EpisodeDrawing(
-                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, spec
+                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, objective
             )
         )
     return out
