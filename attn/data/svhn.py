@@ -1117,7 +1117,7 @@ def load_svhn(cfg) -> TaskData:
         )
 
     canvas = None
-    side = cfg.crop_size
+    side = getattr(cfg, "crop_size", None)
     if cfg.task == "svhn_background":
         from attn.data.background import Canvas
 
@@ -1166,7 +1166,7 @@ def prepare_svhn(
     """
     from urllib.parse import urljoin
 
-    from attn.config import DataConfig
+    from attn.config import SvhnData
     from attn.data.download import download, extract_tar
 
     dest = Path(dest).expanduser()
@@ -1193,7 +1193,7 @@ def prepare_svhn(
         extract_tar(archive, dest, folder, require=("digitStruct.mat",), delete_bad=True)
         if not keep_archives:
             archive.unlink()
-    fields = DataConfig.model_fields
+    fields = SvhnData.model_fields
     size, color = fields["image_size"].default, fields["color"].default
     counts = {}
     for folder in folders:

@@ -126,12 +126,12 @@ def absolute_data_paths(cfg: ExperimentConfig) -> None:
         return str((base / Path(value).expanduser()).resolve())
 
     for key in ("data_dir", "cache_dir"):
-        value = getattr(cfg.data, key)
+        value = getattr(cfg.data, key, None)
         if value is not None:
             setattr(cfg.data, key, absolute(value))
-    ctx = cfg.model.context
+    ctx = getattr(cfg.model, "context", None)
     for key in ("weights", "vit_config"):
-        value = getattr(ctx, key)
+        value = getattr(ctx, key, None)
         if value is not None and value != "imagenet":
             setattr(ctx, key, absolute(value))
 

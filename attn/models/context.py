@@ -32,7 +32,7 @@ from torch import nn
 
 from pathlib import Path
 
-from attn.config import ContextConfig
+from attn.config import ContextConfig, context_config
 from attn.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -118,8 +118,9 @@ class FrozenBackbone(nn.Module):
 def check_context_files(cfg: ContextConfig) -> None:
     """Fail in one line when a weights file or config the context names is missing (before training
     starts on workers)."""
-    if cfg.weights is not None and cfg.weights != "imagenet":
-        path = Path(cfg.weights).expanduser()
+    weights = getattr(cfg, "weights", None)
+    if weights is not None and weights != "imagenet":
+        path = Path(weights).expanduser()
         if cfg.kind == "vit" and not (path / "config.json").is_file():
             raise ConfigError(
                 f"{path}: model.context.weights for vit must be a folder written by save_pretrained "
@@ -130,8 +131,9 @@ def check_context_files(cfg: ContextConfig) -> None:
                 f"{path}: model.context.weights file not found; give a ResNet-50 state_dict (.pth), "
                 "'imagenet', or leave it unset for random init"
             )
-    if cfg.vit_config is not None:
-        path = Path(cfg.vit_config).expanduser()
+    vit_config = getattr(cfg, "vit_config", None)
+    if vit_config is not None:
+        path = Path(vit_config).expanduser()
         if not (path.is_file() or (path / "config.json").is_file()):
             raise ConfigError(f"{path}: model.context.vit_config not found; give a ViT config.json or a folder holding one")
 
@@ -173,7 +175,7 @@ def _resnet50_state(weights: str) -> dict:
             ) from None
     else:
         path = Path(weights).expanduser()
-        check_context_files(ContextConfig(kind="resnet50", weights=weights))
+        check_context_files(context_config(kind="resnet50", weights=weights))
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -202,7 +204,7 @@ class ViTContext(FrozenBackbone):
 
         if weights is not None:
             path = Path(weights).expanduser()
-            check_context_files(ContextConfig(kind="vit", weights=weights))
+            check_context_files(context_config(kind="vit", weights=weights))
             try:
                 self.backbone = ViTModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
             except (OSError, ValueError) as exc:

@@ -98,7 +98,7 @@ def test_the_walk_sees_function_level_and_relative_imports(tmp_path):
     ]
 
 
-PENDING_FILES = {"attn/config.py": 1166}
+PENDING_FILES: dict[str, int] = {}
 """Files still over 600 lines, with the most they may have until they are split (issue 23)."""
 PENDING_FUNCTIONS: dict[str, int] = {}
 """Functions still over 80 lines, likewise."""
