@@ -114,7 +114,27 @@ class _Split(Section):
     split_seed: int = Field(0, ge=0, description="Seed of the train/validation (and held-out test) split.")
 
 
-class _SvhnCrops(Section):
+class _Stored(Section):
+    """Tasks whose images are prepared once into a cache."""
+
+    color: Literal["gray", "rgb"] = Field(
+        "gray",
+        description=(
+            "svhn, multinumber, image_folder, image_sequences: images stored and fed as 1 or 3 channels. "
+            "image_folder / image_sequences: an image of the other kind is an error naming it unless "
+            "data.convert is true."
+        ),
+    )
+    cache_dir: Optional[str] = Field(
+        None,
+        description=(
+            "svhn, multinumber, image_folder, image_sequences: where the prepared arrays are kept. "
+            "None: <data_dir>/attn-cache."
+        ),
+    )
+
+
+class _SvhnCrops(_Stored):
     use_extra: bool = Field(True, description="svhn: pool extra/ (202k images) with train/ before the split.")
     max_digits: int = Field(
         5,
@@ -125,22 +145,7 @@ class _SvhnCrops(Section):
             "are skipped and their count reported (never cut)."
         ),
     )
-    color: Literal["gray", "rgb"] = Field(
-        "gray",
-        description=(
-            "svhn, multinumber, image_folder, image_sequences: images stored and fed as 1 or 3 channels. "
-            "image_folder / image_sequences: an image of the other kind is an error naming it unless "
-            "data.convert is true."
-        ),
-    )
     image_size: int = Field(64, ge=8, le=512, description="svhn: side of the resized, 30%-enlarged number box.")
-    cache_dir: Optional[str] = Field(
-        None,
-        description=(
-            "svhn, multinumber, image_folder, image_sequences: where the prepared arrays are kept. "
-            "None: <data_dir>/attn-cache."
-        ),
-    )
 
     def label_slots(self) -> int:
         return self.max_digits + 1
@@ -261,24 +266,9 @@ class SvhnBackgroundData(_SvhnCrops, _Split, DataBase):
         return self
 
 
-class MultinumberData(DataBase):
+class MultinumberData(_Stored, DataBase):
     sequence: ClassVar[bool] = True
     task: Literal["multinumber"] = "multinumber"
-    color: Literal["gray", "rgb"] = Field(
-        "gray",
-        description=(
-            "svhn, multinumber, image_folder, image_sequences: images stored and fed as 1 or 3 channels. "
-            "image_folder / image_sequences: an image of the other kind is an error naming it unless "
-            "data.convert is true."
-        ),
-    )
-    cache_dir: Optional[str] = Field(
-        None,
-        description=(
-            "svhn, multinumber, image_folder, image_sequences: where the prepared arrays are kept. "
-            "None: <data_dir>/attn-cache."
-        ),
-    )
 
     def label_slots(self) -> int:
         return MULTINUMBER_TOKENS
@@ -287,24 +277,9 @@ class MultinumberData(DataBase):
         return f"{MULTINUMBER_TOKENS} label slots"
 
 
-class ImageFolderData(_Split, DataBase):
+class ImageFolderData(_Stored, _Split, DataBase):
     own_statistics: ClassVar[bool] = True
     task: Literal["image_folder"] = "image_folder"
-    color: Literal["gray", "rgb"] = Field(
-        "gray",
-        description=(
-            "svhn, multinumber, image_folder, image_sequences: images stored and fed as 1 or 3 channels. "
-            "image_folder / image_sequences: an image of the other kind is an error naming it unless "
-            "data.convert is true."
-        ),
-    )
-    cache_dir: Optional[str] = Field(
-        None,
-        description=(
-            "svhn, multinumber, image_folder, image_sequences: where the prepared arrays are kept. "
-            "None: <data_dir>/attn-cache."
-        ),
-    )
     test_fraction: float = Field(
         0.1,
         ge=0.0,
