@@ -8,11 +8,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from attn.models import build_model
 from attn.config import core_config, load_config, model_config
 from attn.data.base import DataSpec
 from attn.errors import ConfigError
 from attn.losses import hybrid_loss
-from attn.models.cores import SequenceCore, build_core
+from attn.models.build import build_core
+from attn.models.cores import SequenceCore
 from attn.models.cores.gtrxl import GTrXLLayer
 from attn.models.ram import RAM
 
@@ -241,7 +243,7 @@ SPEC = DataSpec(1, 12, 12, 10, tuple("0123456789"))
 def test_ram_end_to_end(core):
     torch.manual_seed(0)
     cfg = model_config(core=core, num_glimpses=4, hidden_size=16, what_size=8, where_size=8, retina={"patch_size": 4})
-    model = RAM(cfg, SPEC)
+    model = build_model(cfg, SPEC)
     images, targets = torch.randn(3, 1, 12, 12), torch.tensor([1, 2, 3])
     episode = model(images)
     assert episode.log_probs.shape == (3, 10) and episode.log_pi.shape == (3, 3)

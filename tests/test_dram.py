@@ -374,11 +374,9 @@ def test_mc_copies_equal_repeated_images_with_the_context_run_once_per_image(tmp
 
 
 def test_ram_copies_equal_repeated_images():
-    from attn.models.ram import RAM
-
     cfg = load_config(None, ["model.hidden_size=16", "model.what_size=8", "model.where_size=8"])
     torch.manual_seed(0)
-    model = RAM(cfg.model, DataSpec(1, 28, 28, 10, tuple("0123456789"))).eval()
+    model = build_model(cfg.model, DataSpec(1, 28, 28, 10, tuple("0123456789"))).eval()
     x = torch.randn(4, 1, 28, 28)
     a = model(x.repeat(2, 1, 1, 1), generator=torch.Generator().manual_seed(1))
     b = model(x, generator=torch.Generator().manual_seed(1), copies=2)

@@ -33,7 +33,7 @@ def _model(core: dict, **options) -> RAM:
         core=core, num_glimpses=options.pop("num_glimpses", 5), hidden_size=16, what_size=8, where_size=6,
         retina={"patch_size": 4, "num_scales": 2}, **options,
     )
-    model = RAM(cfg, SPEC).to(F64)
+    model = build_model(cfg, SPEC).to(F64)
     with torch.no_grad():  # u, v and b_g off their initial values, so every term of the cores counts
         for name, p in model.named_parameters():
             if name.endswith((".u", ".v", "b_g")):

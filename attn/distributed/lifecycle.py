@@ -176,7 +176,7 @@ def check_data_here(cfg: ExperimentConfig) -> None:
     if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
         check_data(cfg.data)
         if cfg.model.name == "dram":
-            from attn.models.context import check_context_files
+            from attn.models.build import check_context_files
 
             check_context_files(cfg.model.context)
 

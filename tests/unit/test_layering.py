@@ -16,6 +16,8 @@ INNER = ("attn/engine/", "attn/models/", "attn/data/", "attn/losses.py")
 """The science and the engine: they run inside a worker, a test or a notebook alike."""
 OUTER = ("attn.tracking", "attn.distributed", "attn.cli", "attn.evaluation", "attn.show", "attn.sources", "attn.bench")
 """What the inner layers must not reach (infrastructure and commands)."""
+SCHEMA_ADAPTER = "attn/models/build.py"
+"""The one module of attn/models/ that reads the config schema."""
 
 
 def imports_of(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
@@ -45,6 +47,8 @@ def violations(root: Path = PACKAGE) -> list[str]:
                 out.append(f"{rel}:{line} imports {module} (only {ONLY_HERE[top]} may)")
             if rel.startswith(INNER) and module.startswith(OUTER):
                 out.append(f"{rel}:{line} imports {module} (the engine, models, data and losses know no infrastructure)")
+            if rel.startswith("attn/models/") and rel != SCHEMA_ADAPTER and module.startswith("attn.config"):
+                out.append(f"{rel}:{line} imports {module} (models take plain arguments; {SCHEMA_ADAPTER} adapts the schema)")
     return out
 
 
@@ -88,12 +92,15 @@ def test_the_walk_sees_function_level_and_relative_imports(tmp_path):
     (pkg / "engine" / "loop.py").write_text("def f():\n    import mlflow\n    from ..tracking import writer\n")
     (pkg / "tracking" / "writer.py").write_text("import mlflow\n")
     (pkg / "models.py").write_text("from ray import train\n")
+    (pkg / "models").mkdir()
+    (pkg / "models" / "ram.py").write_text("from attn.config import RamConfig\n")
     (pkg / "cli.py").write_text("from attn.engine import loop\nfrom attn.engine.loop import _step\nloop._epoch()\n")
     assert private_uses(pkg) == ["attn/cli.py:2 imports attn.engine.loop._step", "attn/cli.py:3 uses loop._epoch"]
     found = violations(pkg)
     assert found == [
         "attn/engine/loop.py:2 imports mlflow (only attn/tracking/ may)",
         "attn/engine/loop.py:3 imports attn.tracking (the engine, models, data and losses know no infrastructure)",
+        "attn/models/ram.py:1 imports attn.config (models take plain arguments; attn/models/build.py adapts the schema)",
         "attn/models.py:1 imports ray (only attn/distributed/ may)",
     ]
 
