@@ -1,7 +1,8 @@
 """Pictures of what a model does: glimpse paths, where the policy looks, and result tables.
 
-Everything here turns tensors into files (PNG, GIF, CSV, Markdown) and knows nothing of Ray or MLflow;
-the trainer decides when to draw and hands the files to its tracker.
+Everything here turns tensors into files (PNG, GIF, CSV, Markdown): it runs no model and knows nothing
+of Ray or MLflow; :mod:`attn.engine.pictures` runs the episodes, decides when to draw and hands the
+files to the tracker.
 
 Glimpse drawings are pixel-exact: image pixel (x, y) is drawn as the zoom x zoom block whose top-left
 is (left + x * zoom, top + y * zoom) (:class:`Layout`), and the patch i of glimpse t, which covers image
@@ -24,8 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from attn.data.base import DataSpec
-from attn.engine.objective import Objective, objective_for
-from attn.models.retina import patch_boxes
+from attn.engine.objective import Objective
 
 FIRST_COLOR = (255, 255, 255)
 """Glimpse 1 (the first look) is white and twice as thick."""
@@ -200,43 +200,6 @@ class EpisodeDrawing:
     def frames(self, zoom: Optional[int] = None) -> list[Image.Image]:
         """One frame per glimpse: glimpses 1..t on frame t."""
         return [self.frame(shown=t, zoom=zoom) for t in range(1, self.boxes.shape[0] + 1)]
-
-
-@torch.no_grad()
-def draw_episodes(
-    model: torch.nn.Module,
-    images_u8: torch.Tensor,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    spec: DataSpec,
-    sizes: list[int],
-    seed: int,
-) -> list[EpisodeDrawing]:
-    """Run the mean policy on a few images and return what to draw.
-
-    images_u8: uint8 (B, C, H, W) as the model sees them; inputs: the same, normalised; labels (B,) or
-    (B, L'); sizes: the retina's patch sides; seed: fixes RAM's random l_0.
-    """
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    objective = objective_for(spec)
-    episode = model(inputs, policy="mean", generator=generator, **objective.slots(labels))
-    model.train(was_training)
-    H, W = inputs.shape[-2:]
-    boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
-    pred = episode.log_probs.argmax(-1).cpu()
-    slot = getattr(episode, "step_slot", None)
-    out = []
-    for b in range(images_u8.shape[0]):
-        p = pred[b].reshape(-1).tolist()
-        y = labels[b].reshape(-1).tolist()
-        out.append(
-            EpisodeDrawing(
-                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, objective
-            )
-        )
-    return out
 
 
 def heatmap(

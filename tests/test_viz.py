@@ -13,6 +13,7 @@ from attn import viz
 from attn.config import load_config
 from attn.data.base import IGNORE_INDEX, DataSpec
 from attn.engine.objective import objective_for
+from attn.engine.pictures import draw_episodes
 from attn.engine.split_stats import SplitStats
 from attn.models import build_model
 from attn.models.retina import Retina, patch_boxes, patch_sizes
@@ -74,7 +75,7 @@ def test_one_gif_frame_per_glimpse(tmp_path, experiment):
     model = build_model(cfg.model, spec)
     images = torch.randint(0, 256, (2, 1, spec.height, spec.width), dtype=torch.uint8)
     r = cfg.model.retina
-    drawings = viz.draw_episodes(
+    drawings = draw_episodes(
         model, images, images.float() / 255, labels, spec, patch_sizes(r.patch_size, r.num_scales, r.scale), seed=3
     )
     for d in drawings:

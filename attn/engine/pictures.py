@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from attn.config import ExperimentConfig
-from attn.data.base import TaskData
+from attn.data.base import DataSpec, TaskData
 from attn.engine.objective import objective_for
 from attn.engine.split_stats import SplitStats
-from attn.models.retina import patch_sizes
+from attn.models.retina import patch_boxes, patch_sizes
 from attn import viz
 
 
@@ -54,7 +54,7 @@ class Pictures:
         """Draw the fixed images' episodes (grid PNG + one GIF each) into ``glimpses/<folder>``."""
         if self.images is None:
             return
-        drawings = viz.draw_episodes(
+        drawings = draw_episodes(
             model, self.images, self.inputs, self.labels, self.spec, self.sizes, self.cfg.eval.seed
         )
         with tempfile.TemporaryDirectory(prefix="attn-viz-") as tmp:
@@ -103,3 +103,40 @@ class Pictures:
         if metrics:
             tracker.log_metrics(metrics, step=step)
         return metrics
+
+
+@torch.no_grad()
+def draw_episodes(
+    model: torch.nn.Module,
+    images_u8: torch.Tensor,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    spec: DataSpec,
+    sizes: list[int],
+    seed: int,
+) -> list[viz.EpisodeDrawing]:
+    """Run the mean policy on a few images and return what to draw.
+
+    images_u8: uint8 (B, C, H, W) as the model sees them; inputs: the same, normalised; labels (B,) or
+    (B, L'); sizes: the retina's patch sides; seed: fixes RAM's random l_0.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    objective = objective_for(spec)
+    episode = model(inputs, policy="mean", generator=generator, **objective.slots(labels))
+    model.train(was_training)
+    H, W = inputs.shape[-2:]
+    boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
+    pred = episode.log_probs.argmax(-1).cpu()
+    slot = getattr(episode, "step_slot", None)
+    out = []
+    for b in range(images_u8.shape[0]):
+        p = pred[b].reshape(-1).tolist()
+        y = labels[b].reshape(-1).tolist()
+        out.append(
+            viz.EpisodeDrawing(
+                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, objective
+            )
+        )
+    return out
