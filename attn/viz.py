@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from attn.data.base import DataSpec
 from attn.engine.objective import Objective
 
 FIRST_COLOR = (255, 255, 255)

@@ -16,7 +16,6 @@ from attn.losses import hybrid_loss
 from attn.models.build import build_core
 from attn.models.cores import SequenceCore
 from attn.models.cores.gtrxl import GTrXLLayer
-from attn.models.ram import RAM
 
 D, LAYERS, HEADS, T, B, IN = 16, 2, 2, 5, 3, 12
 F64 = torch.float64

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
