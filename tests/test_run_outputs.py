@@ -207,7 +207,7 @@ def test_eval_from_run_id_reproduces_the_logged_test_error(trained, monkeypatch,
 
 def test_eval_from_model_uri_and_checkpoint_path_and_refusals(trained):
     from attn.errors import ConfigError
-    from attn.evaluation import run_eval
+    from attn.commands.evaluate import run_eval
 
     cwd, client, run = trained
     uri = f"sqlite:///{cwd / 'mlflow.db'}"

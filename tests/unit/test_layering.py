@@ -14,7 +14,7 @@ ONLY_HERE = {"mlflow": "attn/tracking/", "ray": "attn/distributed/"}
 """A third-party package and the one place allowed to import it."""
 INNER = ("attn/engine/", "attn/models/", "attn/data/", "attn/losses.py")
 """The science and the engine: they run inside a worker, a test or a notebook alike."""
-OUTER = ("attn.tracking", "attn.distributed", "attn.cli", "attn.evaluation", "attn.show", "attn.sources", "attn.bench")
+OUTER = ("attn.tracking", "attn.distributed", "attn.cli", "attn.commands", "attn.sources", "attn.bench")
 """What the inner layers must not reach (infrastructure and commands)."""
 SCHEMA_ADAPTER = "attn/models/build.py"
 """The one module of attn/models/ that reads the config schema."""
