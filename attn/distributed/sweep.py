@@ -18,9 +18,10 @@ import csv
 import math
 import os
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ray.tune import Callback
 
@@ -159,36 +160,42 @@ def run_sweep(
     """Run (or continue) the sweep of ``cfg``; return its summary rows and the best trial."""
     plan = plan_run(cfg, "sweep", resume=resume, resume_name=resume_name, overrides=overrides)
     cfg, uri, name, sweep_dir = plan.cfg, plan.uri, plan.name, plan.dir
+    with ray_session(cfg, uri), _sigterm_as_sigint(), tracked(uri) as parent:
+        limit = concurrency(cfg, cluster_capacity())
+        exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
+        if plan.resumed:
+            parent.run_id = plan.mlflow_run_id
+            reopen_run(uri, parent.run_id)
+            print(f"resuming sweep {name} (MLflow run {parent.run_id})", flush=True)
+        else:
+            plan.create_folder()
+            parent.run_id = start_run(uri, exp_id, cfg, name, config_file=config_file, extra_tags={"attn.kind": "sweep"})
+            plan.write_record(parent.run_id)
+            print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent.run_id} in {uri}", flush=True)
+        info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent.run_id}
+        results = _tune(cfg, sweep_dir, info, limit, restore=plan.resumed)
+        finished = results.num_terminated + results.num_errors
+        if finished < cfg.sweep.num_trials:
+            parent.status = "KILLED"
+            _close_interrupted(uri, exp_id, parent.run_id)
+            raise Interrupted(
+                f"sweep {name} was interrupted after {finished} of {cfg.sweep.num_trials} trials; continue it "
+                f"with --resume {name} (finished trials are not run again)"
+            )
+        rows = _rows(results, cfg, uri, exp_id, parent.run_id)
+        best, best_path = _summarise(cfg, sweep_dir, uri, parent.run_id, rows)
+        parent.status = "FINISHED"
+        return SweepResult(name, sweep_dir, parent.run_id, uri, rows, best, best_path)
+
+
+@contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """Tune stops gracefully on SIGINT (saving its state for --resume); SIGTERM does the same while
+    the sweep runs. Set once Ray runs: ray.init installs a SIGTERM handler of its own that aborts."""
     previous = signal.getsignal(signal.SIGTERM)
-    # Tune stops gracefully on SIGINT (saving its state for --resume); make SIGTERM do the same.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        with ray_session(cfg, uri), tracked(uri) as parent:
-            limit = concurrency(cfg, cluster_capacity())
-            exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
-            if plan.resumed:
-                parent.run_id = plan.mlflow_run_id
-                reopen_run(uri, parent.run_id)
-                print(f"resuming sweep {name} (MLflow run {parent.run_id})", flush=True)
-            else:
-                plan.create_folder()
-                parent.run_id = start_run(uri, exp_id, cfg, name, config_file=config_file, extra_tags={"attn.kind": "sweep"})
-                plan.write_record(parent.run_id)
-                print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent.run_id} in {uri}", flush=True)
-            info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent.run_id}
-            results = _tune(cfg, sweep_dir, info, limit, restore=plan.resumed)
-            finished = results.num_terminated + results.num_errors
-            if finished < cfg.sweep.num_trials:
-                parent.status = "KILLED"
-                _close_interrupted(uri, exp_id, parent.run_id)
-                raise Interrupted(
-                    f"sweep {name} was interrupted after {finished} of {cfg.sweep.num_trials} trials; continue it "
-                    f"with --resume {name} (finished trials are not run again)"
-                )
-            rows = _rows(results, cfg, uri, exp_id, parent.run_id)
-            best, best_path = _summarise(cfg, sweep_dir, uri, parent.run_id, rows)
-            parent.status = "FINISHED"
-            return SweepResult(name, sweep_dir, parent.run_id, uri, rows, best, best_path)
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
