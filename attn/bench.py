@@ -35,8 +35,8 @@ from attn.config import load_config
 from attn.data.base import IGNORE_INDEX, DataSpec
 from attn.engine.optim import build_optimizer
 from attn.errors import AttnError
-from attn.engine.loop import NonFiniteGuard, guarded_step, label_slots
-from attn.losses import episode_loss
+from attn.engine.objective import objective_for
+from attn.engine.passes import NonFiniteGuard, guarded_step
 from attn.models import build_model
 from attn.runtime import configure_torch
 
@@ -54,7 +54,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _training_step(model, cfg, batch: int, images=None, labels=None, end_token=None, device=None, compile: bool = False):
+def _training_step(model, cfg, batch: int, images=None, labels=None, spec=SPEC, device=None, compile: bool = False):
     """One full training step of ``model`` as a closure: the step of ``train_epoch`` without the
     data loader. Default input: random MNIST-shaped images and labels."""
     device = device or torch.device("cpu")
@@ -64,12 +64,13 @@ def _training_step(model, cfg, batch: int, images=None, labels=None, end_token=N
         images = torch.randn(batch, 1, 28, 28)
         labels = torch.randint(0, 10, (batch,))
     images, labels = images.to(device), labels.to(device)
-    slots = label_slots(labels)
+    objective = objective_for(spec)
+    slots = objective.slots(labels)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        terms = episode_loss(forward(images, **slots), labels, cfg.train.rl_coef, end_token)
+        terms = objective.loss(forward(images, **slots), labels, cfg.train.rl_coef)
         terms.total.backward()
         guarded_step(model, optimizer, guard, cfg.train.grad_clip)
 
@@ -97,10 +98,10 @@ def _rates(steps_of: list, batch: int, steps: int, repeats: int, device=None) ->
     return rates
 
 
-def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, end_token=None,
+def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, spec=SPEC,
                    device=None, compile: bool = False) -> list[float]:
     """Images/s of full training steps of one model, one value per repeat (see :func:`_rates`)."""
-    step = _training_step(model, cfg, batch, images, labels, end_token, device, compile)
+    step = _training_step(model, cfg, batch, images, labels, spec, device, compile)
     return _rates([step], batch, steps, repeats, device)[0]
 
 
@@ -190,7 +191,7 @@ def bench_dram(
     for i, n in enumerate(lengths.tolist()):
         labels[i, :n] = torch.randint(1, 11, (n,), generator=g)
         labels[i, n] = 0
-    rates = _training_rate(model, cfg, batch, steps, repeats, images, labels, end_token=0, device=device)
+    rates = _training_rate(model, cfg, batch, steps, repeats, images, labels, spec=spec, device=device)
     m = cfg.model
     return _row(
         "dram",

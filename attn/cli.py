@@ -193,7 +193,7 @@ def _show(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from pathlib import Path
 
-    from attn.show import show_run
+    from attn.commands.show import show_run
 
     uri = _tracking_uri(args, must_exist=True)
     dest, text = show_run(uri, args.run_id, Path(args.to) if args.to else None)
@@ -254,7 +254,7 @@ def _eval(argv: list[str]) -> int:
     if args.mc is not None and args.mc < 1:
         p.error("--mc must be at least 1")
 
-    from attn.evaluation import run_eval
+    from attn.commands.evaluate import run_eval
 
     uri = _tracking_uri(args, must_exist=False)
     result = run_eval(

@@ -18,20 +18,21 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from attn.config import ExperimentConfig, SearchDim
+from attn.config import UNIONS, ExperimentConfig, SearchDim
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 _HEADER = """# Configuration reference
 
-Generated from the schema (`attn/config.py`) by `python -m attn.config_reference`; do not edit by hand
+Generated from the schema (`attn/config/`) by `python -m attn.config_reference`; do not edit by hand
 (a test fails when this file and the schema differ).
 
 An experiment file is YAML with these sections; `key=value` arguments after the file override any key
 (`train.lr=1e-3`, `model.core.kind=lstm`, `data.target_size=[40,40]`), and `base: other.yaml` at the
 top of a file starts from another file. Unknown keys, wrong types, values out of range and keys that do
 not apply to the chosen task, model, core or context stop the program before any work with one line
-naming the file, the key and what is allowed. A description that starts with a task, model or core
-name (`svhn:`, `dram:`, `gtrxl`) applies only there.
+naming the file, the key and what is allowed. `data`, `model`, `model.core` and `model.context` are
+variants: the keys every variant has come first, then each variant's own keys (`data.task`,
+`model.name`, `model.core.kind` and `model.context.kind` choose the variant).
 """
 
 
@@ -80,10 +81,13 @@ def _default(info: FieldInfo) -> str:
     return f"`{value}`"
 
 
-def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, str, str]]:
-    """(key, type, default, bounds, description) for every leaf field, depth first."""
+def _rows(model: type[BaseModel], prefix: str, skip: set[str] = frozenset()) -> Iterator[tuple[str, str, str, str, str]]:
+    """(key, type, default, bounds, description) for every leaf field, depth first; union sections
+    (rendered as sections of their own) and the names in ``skip`` are left out."""
     for name, info in model.model_fields.items():
         key = f"{prefix}.{info.alias or name}" if prefix else (info.alias or name)
+        if key in UNIONS or name in skip:
+            continue
         inner = _inner_model(info.annotation)
         if inner is not None and inner is not SearchDim:
             yield from _rows(inner, key)
@@ -93,6 +97,55 @@ def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, 
             yield from _rows(SearchDim, f"{key}.<key>")
             continue
         yield key, _type_name(info.annotation), _default(info), _bounds(info), " ".join((info.description or "").split())
+
+
+def _table(rows) -> str:
+    out = "| key | type | default | bounds | what |\n|---|---|---|---|---|\n"
+    for key, type_name, default, bounds, what in rows:
+        out += f"| `{key}` | {type_name} | {default} | {bounds} | {what.replace('|', chr(92) + '|')} |\n"
+    return out
+
+
+def _union(section: str) -> str:
+    """A variant section: the keys all variants share, then each variant's own."""
+    selector, variants = UNIONS[section]
+    names: dict[type[BaseModel], list[str]] = {}
+    for name, cls in variants.items():
+        names.setdefault(cls, []).append(name)
+    classes = list(names)
+    shared = [k for k in classes[0].model_fields if k != selector and all(k in c.model_fields for c in classes)]
+    described = [c.model_fields[selector] for c in classes[0].__mro__ if getattr(c, "__annotations__", {}).get(selector)]
+    selector_info = next((f for f in described if f.description), classes[0].model_fields[selector])
+    out = [f"\n## `{section}`\n\n", _section_doc(classes[0]),
+           f"`{section}.{selector}` chooses the variant; the keys below the first table belong to one variant each.\n\n"]
+    choose = (f"{section}.{selector}", " \\| ".join(f"`{n}`" for n in variants), f"`{_selector_default(section)}`", "",
+              " ".join((selector_info.description or "").split()))
+    out.append(_table([choose, *_rows(_only(classes[0], shared), section)]))
+    nested = [f"{section}.{k}" for c in classes for k in c.model_fields if f"{section}.{k}" in UNIONS]
+    for cls, tags in names.items():
+        own = [k for k in cls.model_fields if k not in shared and k != selector]
+        rows = list(_rows(_only(cls, own), section))
+        nested_here = [f"`{section}.{k}`" for k in cls.model_fields if f"{section}.{k}" in UNIONS]
+        out.append(f"\n### `{section}.{selector}`: {', '.join(f'`{t}`' for t in tags)}\n\n")
+        out.append(_table(rows) if rows else "No keys of its own.\n")
+        if nested_here:
+            out.append(f"\nAlso {', '.join(nested_here)} (below).\n")
+    for inner in dict.fromkeys(nested):
+        out.append(_union(inner))
+    return "".join(out)
+
+
+def _selector_default(section: str) -> str:
+    return {"data": "mnist", "model": "ram", "model.core": "rnn for ram, lstm for dram", "model.context": "cnn"}[section]
+
+
+def _only(cls: type[BaseModel], keep: list[str]) -> type[BaseModel]:
+    """A stand-in class exposing only ``keep`` of ``cls``'s fields, in order (for :func:`_rows`)."""
+
+    class View:
+        model_fields = {k: cls.model_fields[k] for k in keep}
+
+    return View  # type: ignore[return-value]
 
 
 def _section_doc(model: type[BaseModel]) -> str:
@@ -106,14 +159,15 @@ def render() -> str:
     """The whole reference as Markdown."""
     out = [_HEADER]
     for name, info in ExperimentConfig.model_fields.items():
+        if name in UNIONS:
+            out.append(_union(name))
+            continue
         section = _inner_model(info.annotation)
         out.append(f"\n## `{name}`\n\n")
         if info.description:
             out.append(" ".join(info.description.split()) + "\n\n")
         out.append(_section_doc(section))
-        out.append("| key | type | default | bounds | what |\n|---|---|---|---|---|\n")
-        for key, type_name, default, bounds, what in _rows(section, name):
-            out.append(f"| `{key}` | {type_name} | {default} | {bounds} | {what.replace('|', chr(92) + '|')} |\n")
+        out.append(_table(_rows(section, name)))
     return "".join(out)
 
 

@@ -75,14 +75,6 @@ class LossTerms:
     tokens: torch.Tensor
 
 
-def episode_loss(episode, targets: torch.Tensor, rl_coef: float, end_token: Optional[int] = None) -> LossTerms:
-    """The hybrid loss for the episode's kind: RAM (one label, targets (B,)) or DRAM (token sequences,
-    targets (B, L), ``end_token`` given)."""
-    if end_token is None:
-        return hybrid_loss(episode, targets, rl_coef)
-    return sequence_hybrid_loss(episode, targets, rl_coef, end_token)
-
-
 def hybrid_loss(episode, targets: torch.Tensor, rl_coef: float) -> LossTerms:
     """L = NLL + MSE(b, R) + rl_coef * REINFORCE for a RAM :class:`~attn.models.ram.Episode`."""
     nll = F.nll_loss(episode.log_probs, targets)

@@ -16,7 +16,6 @@ load models you trust, as with any pickled PyTorch model).
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -27,13 +26,10 @@ import torch
 
 from attn.engine.checkpoint import BEST_FILE, CONFIG_FILE, load_file
 from attn.errors import CheckpointError, TrackingError
+from attn.tracking import download, get_run, newest_finished_run
+from attn.tracking.model_format import is_model_folder, load_model_folder
 
-MODEL_ARTIFACT = "model"
-"""Where every run logs its best model in MLflow's PyTorch format: ``runs:/<run id>/model``."""
-MODEL_CONFIG = "attn_config.yaml"
-"""The training config inside a logged model's folder (MLflow ``extra_files``)."""
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
 
 
 @dataclass
@@ -51,7 +47,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _from_folder(folder: Path, label: str) -> TrainedWeights:
-    if (folder / "MLmodel").is_file():
+    if is_model_folder(folder):
         return _from_mlflow_model_dir(folder, label)
     if not (folder / BEST_FILE).is_file():
         # a run folder: its newest checkpoint_* holds the latest best weights
@@ -69,23 +65,18 @@ def _from_folder(folder: Path, label: str) -> TrainedWeights:
 
 
 def _from_mlflow_model_dir(folder: Path, label: str) -> TrainedWeights:
-    import mlflow.pytorch
-
-    config = next(iter(folder.rglob(MODEL_CONFIG)), None)
-    if config is None:
-        raise CheckpointError(f"{label}: an MLflow model without {MODEL_CONFIG}; only models logged by attn can be rebuilt")
     try:
-        model = mlflow.pytorch.load_model(str(folder), map_location="cpu")
+        state, config_yaml = load_model_folder(folder)
+    except ValueError as exc:
+        raise CheckpointError(f"{label}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - MLflow and pickle raise many types
         raise CheckpointError(f"{label}: cannot load the MLflow model ({_first_line(exc)})") from None
-    return TrainedWeights({k: v.detach().cpu() for k, v in model.state_dict().items()}, config.read_text(), label)
+    return TrainedWeights(state, config_yaml, label)
 
 
 def _from_model_uri(uri: str, tracking_uri: str) -> TrainedWeights:
-    from mlflow.artifacts import download_artifacts
-
     try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="attn-model-"), tracking_uri=tracking_uri))
+        local = download(tracking_uri, Path(tempfile.mkdtemp(prefix="attn-model-")), artifact_uri=uri)
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"cannot fetch the MLflow model {uri} from {tracking_uri} ({_first_line(exc)})") from None
     weights = _from_mlflow_model_dir(local, uri)
@@ -96,49 +87,25 @@ def _from_model_uri(uri: str, tracking_uri: str) -> TrainedWeights:
 
 
 def _from_run(run_id: str, tracking_uri: str, label: str) -> TrainedWeights:
-    from mlflow.artifacts import download_artifacts
-    from mlflow.tracking import MlflowClient
-
-    try:
-        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
-    except Exception as exc:  # noqa: BLE001
-        raise TrackingError(f"no MLflow run {run_id} at {tracking_uri} ({_first_line(exc)})") from None
+    run = get_run(tracking_uri, run_id, hint="give a run id from the MLflow UI, or a checkpoint path")
     tmp = Path(tempfile.mkdtemp(prefix="attn-run-"))
     try:
         for name in (BEST_FILE, CONFIG_FILE):
-            download_artifacts(run_id=run_id, artifact_path=f"checkpoint/{name}", dst_path=str(tmp), tracking_uri=tracking_uri)
+            download(tracking_uri, tmp, run_id=run_id, artifact_path=f"checkpoint/{name}")
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(
             f"MLflow run {run_id} has no checkpoint/{BEST_FILE} and {CONFIG_FILE} (did it finish?): {_first_line(exc)}"
         ) from None
     weights = _from_folder(tmp, label)
-    weights.run_id, weights.experiment_id = run_id, run.info.experiment_id
+    weights.run_id, weights.experiment_id = run_id, run.experiment_id
     return weights
-
-
-def newest_finished_run(experiment: str, tracking_uri: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise TrackingError(f"experiment:{experiment}: no MLflow experiment of that name at {tracking_uri}")
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.end_time DESC"], max_results=200,
-    )
-    # sweep parents hold no weights of their own; eval runs are not trainings
-    runs = [r for r in runs if r.data.tags.get("attn.kind") not in ("sweep", "eval")]
-    if not runs:
-        raise TrackingError(f"experiment:{experiment}: no finished training run in that MLflow experiment at {tracking_uri}")
-    return runs[0].info.run_id
 
 
 def load_source(source: str, tracking_uri: str) -> TrainedWeights:
     """The weights and config named by ``source`` (see the module docstring)."""
     source = source.strip()
     if source.startswith("experiment:"):
-        run_id = newest_finished_run(source[len("experiment:"):], tracking_uri)
+        run_id = newest_finished_run(tracking_uri, source[len("experiment:"):])
         return _from_run(run_id, tracking_uri, f"{source} (run {run_id})")
     if re.match(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|dbfs|http|https|file):", source):
         if source.startswith("file:"):

@@ -1,7 +1,8 @@
 """Pictures of what a model does: glimpse paths, where the policy looks, and result tables.
 
-Everything here turns tensors into files (PNG, GIF, CSV, Markdown) and knows nothing of Ray or MLflow;
-the trainer decides when to draw and hands the files to its tracker.
+Everything here turns tensors into files (PNG, GIF, CSV, Markdown): it runs no model and knows nothing
+of Ray or MLflow; :mod:`attn.engine.pictures` runs the episodes, decides when to draw and hands the
+files to the tracker.
 
 Glimpse drawings are pixel-exact: image pixel (x, y) is drawn as the zoom x zoom block whose top-left
 is (left + x * zoom, top + y * zoom) (:class:`Layout`), and the patch i of glimpse t, which covers image
@@ -23,8 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from attn.data.base import DataSpec
-from attn.models.retina import patch_boxes
+from attn.engine.objective import Objective
 
 FIRST_COLOR = (255, 255, 255)
 """Glimpse 1 (the first look) is white and twice as thick."""
@@ -162,21 +162,6 @@ def save_gif(frames: list[Image.Image], path: Path, duration_ms: int = 700) -> P
     return path
 
 
-def label_text(tokens: Sequence[int], spec: DataSpec) -> str:
-    """How a label prints: the class name, or a sequence's tokens up to (not including) its end token."""
-    names = spec.class_names
-    if not spec.is_sequence:
-        return names[int(tokens[0])]
-    out = []
-    for t in tokens:
-        t = int(t)
-        if t < 0 or t == spec.end_token:
-            break
-        out.append(names[t] if t < len(names) else "?")
-    sep = "" if all(len(n) == 1 for n in names if n != names[spec.end_token]) else " "
-    return sep.join(out) or "(empty)"
-
-
 @dataclass
 class EpisodeDrawing:
     """What is needed to draw one image's episode."""
@@ -186,24 +171,20 @@ class EpisodeDrawing:
     slot: Optional[list[int]]  # (T,) label slot per glimpse (DRAM)
     pred: list[int]
     truth: list[int]
-    spec: DataSpec
+    objective: Objective
 
     @property
     def correct(self) -> bool:
-        if not self.spec.is_sequence:
-            return self.pred[0] == self.truth[0]
-        end = self.spec.end_token
-        n = next((i for i, t in enumerate(self.truth) if t == end), len(self.truth) - 1) + 1
-        return self.pred[:n] == self.truth[:n]
+        return self.objective.correct(self.pred, self.truth)
 
     def title(self) -> str:
-        return f"pred {label_text(self.pred, self.spec)} | true {label_text(self.truth, self.spec)}"
+        return f"pred {self.objective.label_text(self.pred)} | true {self.objective.label_text(self.truth)}"
 
     def legend(self) -> Optional[list[tuple[int, str]]]:
         if self.slot is None:
             return None
         used = sorted(set(self.slot))
-        names = self.spec.class_names
+        names = self.objective.spec.class_names
         return [(s, f"{s + 1}:{names[self.pred[s]] if s < len(self.pred) else '?'}") for s in used]
 
     def frame(self, shown: Optional[int] = None, zoom: Optional[int] = None) -> Image.Image:
@@ -218,45 +199,6 @@ class EpisodeDrawing:
     def frames(self, zoom: Optional[int] = None) -> list[Image.Image]:
         """One frame per glimpse: glimpses 1..t on frame t."""
         return [self.frame(shown=t, zoom=zoom) for t in range(1, self.boxes.shape[0] + 1)]
-
-
-@torch.no_grad()
-def draw_episodes(
-    model: torch.nn.Module,
-    images_u8: torch.Tensor,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    spec: DataSpec,
-    sizes: list[int],
-    seed: int,
-) -> list[EpisodeDrawing]:
-    """Run the mean policy on a few images and return what to draw.
-
-    images_u8: uint8 (B, C, H, W) as the model sees them; inputs: the same, normalised; labels (B,) or
-    (B, L'); sizes: the retina's patch sides; seed: fixes RAM's random l_0.
-    """
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    kwargs = {}
-    if labels.ndim > 1:
-        kwargs["num_slots"] = max(int((labels >= 0).sum(dim=1).max()), 1)
-    episode = model(inputs, policy="mean", generator=generator, **kwargs)
-    model.train(was_training)
-    H, W = inputs.shape[-2:]
-    boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
-    pred = episode.log_probs.argmax(-1).cpu()
-    slot = getattr(episode, "step_slot", None)
-    out = []
-    for b in range(images_u8.shape[0]):
-        p = pred[b].reshape(-1).tolist()
-        y = labels[b].reshape(-1).tolist()
-        out.append(
-            EpisodeDrawing(
-                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, spec
-            )
-        )
-    return out
 
 
 def heatmap(

@@ -226,17 +226,17 @@ def load_mnist_variant(cfg: DataConfig) -> TaskData:
     embedded one), split as :func:`attn.data.mnist.load_mnist` splits it."""
     src = load_mnist(cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std)
     N = cfg.mnist_canvas_size
+    clutter = {}
     if cfg.task == "mnist_cluttered":
-        K = cfg.clutter_pieces if cfg.clutter_pieces is not None else PAPER_PIECES[N]
-    else:
-        K = 0
+        pieces = cfg.clutter_pieces if cfg.clutter_pieces is not None else PAPER_PIECES[N]
+        clutter = {"pieces": pieces, "piece": cfg.clutter_size}
     splits = (src.train, src.val, src.test)
     sizes = tuple(len(s) for s in splits)
     # Test ids follow the training file's, so an id names one digit (and its split) for the canvas.
     test_ids = src.test.ids + (sizes[0] + sizes[1])
     pool = torch.cat([s.images for s in splits])  # (R, 1, 28, 28): the splits become views of it
     ids = torch.cat([src.train.ids, src.val.ids, test_ids])
-    canvas = DigitCanvas(pool[:, 0], ids, sizes, size=N, pieces=K, piece=cfg.clutter_size, seed=cfg.placement_seed)
+    canvas = DigitCanvas(pool[:, 0], ids, sizes, size=N, seed=cfg.placement_seed, **clutter)
     boxes = ink_boxes(pool[:, 0])
     out, at = [], 0
     for s, split_ids in zip(splits, (src.train.ids, src.val.ids, test_ids)):
@@ -246,9 +246,10 @@ def load_mnist_variant(cfg: DataConfig) -> TaskData:
     spec = DataSpec(
         channels=1, height=N, width=N, num_classes=10, class_names=tuple(str(i) for i in range(10))
     )
-    clutter = f", {K} clutter pieces of {cfg.clutter_size}x{cfg.clutter_size} from other digits" if K else ""
+    K, p = clutter.get("pieces", 0), clutter.get("piece")
+    shown = f", {K} clutter pieces of {p}x{p} from other digits" if K else ""
     notes = [
-        f"{cfg.task}: 28x28 digits at a random spot of a {N}x{N} black canvas{clutter}; training canvases "
+        f"{cfg.task}: 28x28 digits at a random spot of a {N}x{N} black canvas{shown}; training canvases "
         f"drawn per batch, validation/test canvases fixed by placement_seed {cfg.placement_seed}"
     ]
     return TaskData(

@@ -1,7 +1,7 @@
-"""The Ray layer, in three plain parts (it knows nothing of model internals):
+"""The Ray layer (the only package that imports Ray; it knows nothing of model internals):
 
+- ``lifecycle.py``: one run's life for single runs, sweeps and evaluations: plan, Ray session, close;
 - ``worker.py``: the per-worker training function that Ray Train runs on every DDP rank;
-- ``driver.py``: the per-run driver that starts or joins Ray, opens the MLflow run and fits a
-  ``TorchTrainer`` (a Tune trial calls the same driver);
-- the sweep (Ray Tune over drivers) builds on these.
+- ``driver.py``: the per-run driver that fits a ``TorchTrainer`` (a Tune trial uses its trainer too);
+- ``sweep.py`` and ``trial.py``: Ray Tune with Optuna and ASHA over trials, each a Ray Train run.
 """

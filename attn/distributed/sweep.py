@@ -15,34 +15,31 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
 import signal
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ray.tune import Callback
 
-from attn.config import ExperimentConfig, SweepConfig, apply_overrides, dump_config, validate_config
-from attn.distributed.driver import (
-    RUN_FILE,
-    _absolute_data_paths,
-    _check_data_here,
-    _ray_init,
-    _slug,
-    check_writable,
-    cluster_capacity,
-    experiment_dir,
-    find_run,
-    resolve_init,
-    resolve_locations,
-)
-from attn.distributed.trial import TRIAL_TAG, run_trial, trial_config
+from attn.config import ExperimentConfig, SweepConfig, dump_config
+from attn.distributed.lifecycle import cluster_capacity, plan_run, ray_session, tracked
+from attn.distributed.trial import find_child_run, run_trial, trial_config
 from attn.errors import ConfigError, Interrupted
-from attn.tracking import check_reachable, end_run, ensure_experiment, reopen_run, start_run
+from attn.tracking import (
+    child_runs,
+    end_killed,
+    end_run,
+    ensure_experiment,
+    log_artifact,
+    log_metric,
+    reopen_run,
+    set_tags,
+    start_run,
+)
 
 TUNE_DIR = "tune"
 
@@ -82,10 +79,6 @@ class SweepResult:
     rows: list[dict[str, Any]]
     best: Optional[dict[str, Any]]
     best_config: Optional[Path]
-
-
-def default_sweep_name(cfg: ExperimentConfig) -> str:
-    return _slug(f"sweep-{cfg.tracking.experiment_name or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def concurrency(cfg: ExperimentConfig, total: dict[str, float]) -> int:
@@ -132,30 +125,24 @@ class _TrialEvents(Callback):
         self._close(trial.trial_id, "error")
 
     def _close(self, trial_id: str, how: str) -> None:
-        from attn.distributed.trial import find_child_run
-
         try:
             run = find_child_run(self.uri, self.experiment_id, self.parent, trial_id)
             if run is not None:
-                close_trial_run(self.uri, run.info.run_id, how)
+                close_trial_run(self.uri, run.run_id, how)
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the sweep
             print(f"sweep: could not close the MLflow run of trial {trial_id} ({exc})", flush=True)
 
 
 def close_trial_run(uri: str, run_id: str, how: str) -> None:
     """how: finished | stopped (by ASHA) | error | interrupted (reopened when the sweep resumes)."""
-    from mlflow.tracking import MlflowClient
-
     if how == "finished":
         end_run(uri, run_id, "FINISHED")
     elif how == "error":
         end_run(uri, run_id, "FAILED")
+    elif how == "stopped":
+        end_killed(uri, run_id, {"attn.stopped_by": "asha", "attn.status": "stopped_early"})
     else:
-        client = MlflowClient(tracking_uri=uri)
-        if how == "stopped":
-            client.set_tag(run_id, "attn.stopped_by", "asha")
-        client.set_tag(run_id, "attn.status", "stopped_early" if how == "stopped" else "interrupted")
-        client.set_terminated(run_id, status="KILLED")
+        end_killed(uri, run_id, {"attn.status": "interrupted"})
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -171,69 +158,46 @@ def run_sweep(
     overrides: Optional[list[str]] = None,
 ) -> SweepResult:
     """Run (or continue) the sweep of ``cfg``; return its summary rows and the best trial."""
-    uri = resolve_locations(cfg)
-    saved: Optional[dict[str, Any]] = None
-    if resume:
-        sweep_dir = find_run(cfg, resume_name)
-        saved = json.loads((sweep_dir / RUN_FILE).read_text())
-        if saved.get("kind") != "sweep":
-            raise ConfigError(f"--resume {sweep_dir.name}: that is a single run, not a sweep; resume it without the sweep")
-        cfg = validate_config(apply_overrides(saved["config"], list(overrides or [])), str(sweep_dir / RUN_FILE))
-        name, uri = saved["name"], saved["tracking_uri"]
-    else:
-        name = cfg.tracking.run_name or default_sweep_name(cfg)
-        sweep_dir = experiment_dir(cfg) / name
-        if (sweep_dir / RUN_FILE).exists():
-            raise ConfigError(f"tracking.run_name={name}: a sweep of that name exists; pick another or pass --resume")
-    _absolute_data_paths(cfg)
-    check_writable(sweep_dir.parent)
-    check_reachable(uri)
-    resolve_init(cfg, uri)
-    _check_data_here(cfg)
-    started_ray = _ray_init(cfg, uri)
-    parent: Optional[str] = None
-    status = "FAILED"
-    previous = signal.getsignal(signal.SIGTERM)
-    # Tune stops gracefully on SIGINT (saving its state for --resume); make SIGTERM do the same.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
+    plan = plan_run(cfg, "sweep", resume=resume, resume_name=resume_name, overrides=overrides)
+    cfg, uri, name, sweep_dir = plan.cfg, plan.uri, plan.name, plan.dir
+    with ray_session(cfg, uri), _sigterm_as_sigint(), tracked(uri) as parent:
         limit = concurrency(cfg, cluster_capacity())
         exp_id = ensure_experiment(uri, cfg.tracking.experiment_name or "default", cfg.tracking.artifact_location)
-        if saved is not None:
-            parent = saved["parent_run_id"]
-            reopen_run(uri, parent)
-            print(f"resuming sweep {name} (MLflow run {parent})", flush=True)
+        if plan.resumed:
+            parent.run_id = plan.mlflow_run_id
+            reopen_run(uri, parent.run_id)
+            print(f"resuming sweep {name} (MLflow run {parent.run_id})", flush=True)
         else:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            parent = start_run(uri, exp_id, cfg, name, config_file=config_file, extra_tags={"attn.kind": "sweep"})
-            record = {"kind": "sweep", "name": name, "parent_run_id": parent, "tracking_uri": uri, "config": cfg.to_dict()}
-            (sweep_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
-            print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent} in {uri}", flush=True)
-        info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
-        results = _tune(cfg, sweep_dir, info, limit, restore=saved is not None)
+            plan.create_folder()
+            parent.run_id = start_run(uri, exp_id, cfg, name, config_file=config_file, extra_tags={"attn.kind": "sweep"})
+            plan.write_record(parent.run_id)
+            print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent.run_id} in {uri}", flush=True)
+        info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent.run_id}
+        results = _tune(cfg, sweep_dir, info, limit, restore=plan.resumed)
         finished = results.num_terminated + results.num_errors
         if finished < cfg.sweep.num_trials:
-            status = "KILLED"
-            _close_interrupted(uri, exp_id, parent)
+            parent.status = "KILLED"
+            _close_interrupted(uri, exp_id, parent.run_id)
             raise Interrupted(
                 f"sweep {name} was interrupted after {finished} of {cfg.sweep.num_trials} trials; continue it "
                 f"with --resume {name} (finished trials are not run again)"
             )
-        rows = _rows(results, cfg, uri, exp_id, parent)
-        best, best_path = _summarise(cfg, sweep_dir, uri, parent, rows)
-        status = "FINISHED"
-        return SweepResult(name, sweep_dir, parent, uri, rows, best, best_path)
+        rows = _rows(results, cfg, uri, exp_id, parent.run_id)
+        best, best_path = _summarise(cfg, sweep_dir, uri, parent.run_id, rows)
+        parent.status = "FINISHED"
+        return SweepResult(name, sweep_dir, parent.run_id, uri, rows, best, best_path)
+
+
+@contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """Tune stops gracefully on SIGINT (saving its state for --resume); SIGTERM does the same while
+    the sweep runs. Set once Ray runs: ray.init installs a SIGTERM handler of its own that aborts."""
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if parent is not None:
-            try:
-                end_run(uri, parent, status)
-            except Exception:  # noqa: BLE001 - never hide the original error behind a tracking hiccup
-                pass
-        if started_ray:
-            import ray
-
-            ray.shutdown()
 
 
 def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], limit: int, restore: bool):
@@ -291,8 +255,6 @@ def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], limit: i
 
 def _rows(results, cfg: ExperimentConfig, uri: str, exp_id: str, parent: str) -> list[dict[str, Any]]:
     """One summary row per trial: params, status, epochs, validation and test numbers, MLflow run."""
-    from attn.distributed.trial import find_child_run
-
     keys = list(cfg.sweep.space)
     rows = []
     for result in results:
@@ -313,7 +275,7 @@ def _rows(results, cfg: ExperimentConfig, uri: str, exp_id: str, parent: str) ->
             best_val_error=m.get("best_val_error"),
             test_error=m.get("test_error"),
             test_error_mc=m.get("test_error_mc"),
-            mlflow_run_id=child.info.run_id if child is not None else "",
+            mlflow_run_id=child.run_id if child is not None else "",
         )
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"])
@@ -321,18 +283,13 @@ def _rows(results, cfg: ExperimentConfig, uri: str, exp_id: str, parent: str) ->
 
 def _close_interrupted(uri: str, exp_id: str, parent: str) -> None:
     """Trials cut by an interruption left their MLflow runs open: mark them (--resume reopens them)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    for run in client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"):
-        if run.info.status == "RUNNING":
-            close_trial_run(uri, run.info.run_id, "interrupted")
+    for run in child_runs(uri, exp_id, parent):
+        if run.status == "RUNNING":
+            close_trial_run(uri, run.run_id, "interrupted")
 
 
 def _summarise(cfg: ExperimentConfig, sweep_dir: Path, uri: str, parent: str, rows: list[dict[str, Any]]):
     """Print and store the summary table, log the best trial on the parent run, write its config."""
-    from mlflow.tracking import MlflowClient
-
     sw = cfg.sweep
     scored = [r for r in rows if isinstance(r["metric"], (int, float)) and math.isfinite(r["metric"])]
     best = (min if sw.mode == "min" else max)(scored, key=lambda r: r["metric"]) if scored else None
@@ -343,15 +300,14 @@ def _summarise(cfg: ExperimentConfig, sweep_dir: Path, uri: str, parent: str, ro
         writer.writeheader()
         writer.writerows(rows)
     _print_table(rows, columns, best, sw.metric)
-    client = MlflowClient(tracking_uri=uri)
-    client.log_artifact(parent, str(table))
+    log_artifact(uri, parent, str(table))
     if scored:
         from attn.viz import parallel_coordinates
 
         picture = parallel_coordinates(
             scored, list(sw.space), "metric", sweep_dir / "trials_parallel.png", mode=sw.mode, metric_label=sw.metric
         )
-        client.log_artifact(parent, str(picture), "comparison")
+        log_artifact(uri, parent, str(picture), "comparison")
     best_path = None
     if best is not None:
         params = {k: best[k] for k in sw.space if best[k] != ""}
@@ -363,12 +319,10 @@ def _summarise(cfg: ExperimentConfig, sweep_dir: Path, uri: str, parent: str, ro
             f"# {_short(params)}\n# python run.py {best_path}\n"
         )
         best_path.write_text(header + dump_config(best_cfg))
-        client.log_artifact(parent, str(best_path))
-        client.log_metric(parent, f"best_{sw.metric}", float(best["metric"]))
-        client.set_tag(parent, "attn.best_trial", best["trial_id"])
-        client.set_tag(parent, "attn.best_run_id", best["mlflow_run_id"])
-        for k, v in params.items():
-            client.set_tag(parent, f"attn.best.{k}", str(v))
+        log_artifact(uri, parent, str(best_path))
+        log_metric(uri, parent, f"best_{sw.metric}", float(best["metric"]))
+        tags = {"attn.best_trial": best["trial_id"], "attn.best_run_id": best["mlflow_run_id"]}
+        set_tags(uri, parent, tags | {f"attn.best.{k}": str(v) for k, v in params.items()})
         print(f"best trial {best['trial_id']}: {sw.metric} {best['metric']:.4g} ({_short(params)}); config: {best_path}")
     return best, best_path
 

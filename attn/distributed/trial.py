@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from attn.config import set_key, validate_config
+from attn.tracking import child_runs, reopen_run, start_run
 
 TRIAL_TAG = "attn.trial_id"
 
@@ -36,13 +37,9 @@ def _value(v: Any) -> str:
 
 
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str):
-    """The MLflow run of trial ``trial_id`` under the sweep's run, or None."""
-    from mlflow.tracking import MlflowClient
-
-    runs = MlflowClient(tracking_uri=uri).search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-    )
+    """The MLflow run (a :class:`~attn.tracking.RunRecord`) of trial ``trial_id`` under the sweep's
+    run, or None."""
+    runs = child_runs(uri, experiment_id, parent_run_id, {TRIAL_TAG: trial_id})
     return runs[0] if runs else None
 
 
@@ -52,7 +49,6 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from attn.distributed.driver import make_trainer
-    from attn.tracking import reopen_run, start_run
 
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{sweep['name']}-{trial_id}"
@@ -62,7 +58,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, 
     uri, exp_id, parent = sweep["uri"], sweep["experiment_id"], sweep["parent_run_id"]
     existing = find_child_run(uri, exp_id, parent, trial_id)
     if existing is not None:  # a restored trial continues in its own MLflow run
-        run_id = existing.info.run_id
+        run_id = existing.run_id
         reopen_run(uri, run_id)
     else:
         tags = {"mlflow.parentRunId": parent, TRIAL_TAG: trial_id, "attn.sweep": sweep["name"]}

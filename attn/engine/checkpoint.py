@@ -70,10 +70,12 @@ def architecture_differences(saved_yaml: str, current_yaml: str) -> list[str]:
         return {k: v for k, v in flat.items() if k.startswith("model.") or k == "data.task"}
 
     before, now = shape_keys(saved_yaml), shape_keys(current_yaml)
+    # Only keys both configs hold: a config saved by an older attn also lists the keys of every other
+    # variant (at their defaults); a real change of variant shows in the kind, name or task itself.
     return [
-        f"{k} (checkpoint {before.get(k)!r}, now {now.get(k)!r})"
-        for k in sorted(set(before) | set(now))
-        if before.get(k) != now.get(k)
+        f"{k} (checkpoint {before[k]!r}, now {now[k]!r})"
+        for k in sorted(set(before) & set(now))
+        if before[k] != now[k]
     ]
 
 

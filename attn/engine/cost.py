@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attn.data.base import DataSpec
+from attn.engine.objective import objective_for
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -36,7 +37,7 @@ def flops_per_image(model: nn.Module, spec: DataSpec) -> int:
     # a parameter (e.g. DRAM's ViT query expanded to the batch) has none to hook, so none may require it
     m.requires_grad_(False)
     x = torch.zeros(1, spec.channels, spec.height, spec.width)
-    kwargs = {"num_slots": spec.max_tokens} if spec.is_sequence else {}
+    kwargs = objective_for(spec).all_slots()
     # the hand-written rnn episode accumulates products in place (addmm_), which the counter's own
     # table (out-of-place ops only) would miss
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flops})

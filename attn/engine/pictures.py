@@ -17,8 +17,6 @@ a task draws the same ones; the title is green where the prediction is right and
 from __future__ import annotations
 
 import json
-import math
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,20 +24,17 @@ from typing import Any
 import torch
 
 from attn.config import ExperimentConfig
-from attn.data.base import TaskData
-from attn.engine.details import EvalDetails
-from attn.models.retina import patch_sizes
+from attn.data.base import DataSpec, TaskData
+from attn.engine.objective import objective_for
+from attn.engine.split_stats import SplitStats
+from attn.models.retina import patch_boxes, patch_sizes
 from attn import viz
-
-
-def metric_name(text: str) -> str:
-    """A class name as part of an MLflow metric key (letters, digits, _ - . / and spaces only)."""
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text) or "_"
 
 
 class Pictures:
     def __init__(self, cfg: ExperimentConfig, data: TaskData, device: torch.device, split: str = "test"):
         self.cfg, self.data, self.spec, self.split_name = cfg, data, data.spec, split
+        self.objective = objective_for(data.spec)
         r = cfg.model.retina
         self.sizes = patch_sizes(r.patch_size, r.num_scales, r.scale)
         chosen = data.test if split == "test" else data.val
@@ -59,7 +54,7 @@ class Pictures:
         """Draw the fixed images' episodes (grid PNG + one GIF each) into ``glimpses/<folder>``."""
         if self.images is None:
             return
-        drawings = viz.draw_episodes(
+        drawings = draw_episodes(
             model, self.images, self.inputs, self.labels, self.spec, self.sizes, self.cfg.eval.seed
         )
         with tempfile.TemporaryDirectory(prefix="attn-viz-") as tmp:
@@ -72,7 +67,7 @@ class Pictures:
                 "policy": "mean", "seed": self.cfg.eval.seed, "split": self.split_name,
                 "images": [
                     {"index": i, "id": int(image_id), "pred": d.pred, "truth": d.truth, "correct": d.correct,
-                     "pred_text": viz.label_text(d.pred, self.spec), "truth_text": viz.label_text(d.truth, self.spec)}
+                     "pred_text": self.objective.label_text(d.pred), "truth_text": self.objective.label_text(d.truth)}
                     for i, (d, image_id) in enumerate(zip(drawings, self.ids.tolist()))
                 ],
             }, indent=1))
@@ -88,31 +83,60 @@ class Pictures:
                                        title=f"{self.cfg.data.task}: validation error (mean policy)")
             tracker.log_artifact(str(path), "analysis")
 
-    def analysis(self, details: EvalDetails, tracker: Any, step: int, prefix: str = "test") -> dict[str, float]:
-        """Heat map and tables of the final pass over the split; returns the per-class metrics it logged
-        (``<prefix>_accuracy.<class name>``)."""
-        metrics: dict[str, float] = {}
+    def analysis(self, stats: SplitStats, tracker: Any, step: int, prefix: str = "test") -> dict[str, float]:
+        """Heat map and table of the final pass over the split; returns the per-class metrics it logged
+        (``<prefix>_accuracy.<class name>``, classification only)."""
         with tempfile.TemporaryDirectory(prefix="attn-viz-") as tmp:
             out = Path(tmp)
             background = self.images.float().mean(0).round().to(torch.uint8) if self.images is not None else None
-            n = int(details.glimpse_hist.sum())
+            n = int(stats.glimpse_hist.sum())
             viz.heatmap(
-                details.glimpse_hist, out / "glimpse_heatmap.png", background=background,
+                stats.glimpse_hist, out / "glimpse_heatmap.png", background=background,
                 title=f"{self.cfg.data.task}: {n:,} glimpses of the mean policy on the {self.split_name} split",
             )
-            if self.spec.is_sequence:
-                rows = details.sequence_table()
-                viz.write_table(rows, out / "sequence_accuracy.csv", out / "sequence_accuracy.md",
-                                title=f"{self.split_name} accuracy by label length (slot_j: the j-th token; end: the end token)")
-            else:
-                acc = details.class_accuracy()
-                counts = details.confusion.sum(dim=1).tolist()
-                rows = [{"class": name, "images": int(c), "accuracy": a} for (name, a), c in zip(acc.items(), counts)]
-                viz.write_table(rows, out / "class_accuracy.csv", out / "class_accuracy.md",
-                                title=f"{self.split_name} accuracy per class (mean policy)")
-                metrics = {f"{prefix}_accuracy.{metric_name(k)}": v for k, v in acc.items() if not math.isnan(v)}
+            table = stats.table
+            viz.write_table(table.rows(), out / f"{table.stem}.csv", out / f"{table.stem}.md",
+                            title=table.title(self.split_name))
             for f in sorted(out.iterdir()):
                 tracker.log_artifact(str(f), "analysis")
+        metrics = table.metrics(prefix)
         if metrics:
             tracker.log_metrics(metrics, step=step)
         return metrics
+
+
+@torch.no_grad()
+def draw_episodes(
+    model: torch.nn.Module,
+    images_u8: torch.Tensor,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    spec: DataSpec,
+    sizes: list[int],
+    seed: int,
+) -> list[viz.EpisodeDrawing]:
+    """Run the mean policy on a few images and return what to draw.
+
+    images_u8: uint8 (B, C, H, W) as the model sees them; inputs: the same, normalised; labels (B,) or
+    (B, L'); sizes: the retina's patch sides; seed: fixes RAM's random l_0.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    objective = objective_for(spec)
+    episode = model(inputs, policy="mean", generator=generator, **objective.slots(labels))
+    model.train(was_training)
+    H, W = inputs.shape[-2:]
+    boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
+    pred = episode.log_probs.argmax(-1).cpu()
+    slot = getattr(episode, "step_slot", None)
+    out = []
+    for b in range(images_u8.shape[0]):
+        p = pred[b].reshape(-1).tolist()
+        y = labels[b].reshape(-1).tolist()
+        out.append(
+            viz.EpisodeDrawing(
+                images_u8[b].cpu(), boxes[b], slot.tolist() if slot is not None else None, p, y, objective
+            )
+        )
+    return out

@@ -3,7 +3,8 @@
 :func:`fit` is the same for every task and model and knows nothing of Ray or MLflow: it talks to the
 outside through two small interfaces, a :class:`Reporter` (checkpoints in and out, per-epoch reports:
 Ray Train's ``report``/``get_checkpoint`` in a worker) and a :class:`Tracker` (metrics and artifacts:
-MLflow on rank 0, nothing elsewhere). Tests and benchmarks can run it with local stand-ins.
+MLflow on rank 0, nothing elsewhere). Tests and benchmarks can run it with local stand-ins. It reads
+as its phases: set up, resume or transfer, describe, one epoch after another, final test, publish.
 """
 
 from __future__ import annotations
@@ -13,23 +14,24 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import nn
 
 from attn.config import ExperimentConfig, dump_config
-from attn.data import BatchLoader, build_data
-from attn.engine.checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
+from attn.data import BatchLoader, TaskData, build_data
+from attn.engine.checkpoint import BEST_FILE
 from attn.engine.cost import model_cost
-from attn.engine.details import EvalDetails
-from attn.engine.loop import NonFiniteGuard, evaluate, score_split, train_epoch
+from attn.engine.objective import objective_for
 from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
+from attn.engine.passes import NonFiniteGuard, evaluate, score_split, train_epoch
 from attn.engine.pictures import Pictures
+from attn.engine.split_stats import SplitStats
+from attn.engine.train_state import TrainState
 from attn.engine.transfer import TransferReport, transfer_weights
-from attn.errors import CheckpointError
 from attn.models import build_model
 
 
@@ -112,17 +114,173 @@ def _log_transfer(tracker: Tracker, report: TransferReport, source: str) -> None
         tracker.log_artifact(str(path), "transfer")
 
 
-def _tag_results(tracker: Tracker, final: dict[str, float], sequence: bool) -> None:
-    """Key results as tags (the runs list can show them as columns) and in the run's description."""
-    what = "sequence error" if sequence else "error"
+@dataclass
+class _Run:
+    """One worker's training run: what every phase of :func:`fit` reads."""
+
+    cfg: ExperimentConfig
+    info: WorkerInfo
+    reporter: Reporter
+    tracker: Tracker
+    log: Callable[[str], None]
+    data: TaskData
+    state: TrainState
+    train_model: nn.Module
+    config_yaml: str
+    loaders: dict[str, BatchLoader]
+    pictures: Optional[Pictures]
+    nonfinite: NonFiniteGuard
+    epoch_times: list[float] = field(default_factory=list)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def chief(self) -> bool:
+        return self.info.rank == 0
+
+    def report(self, metrics: dict[str, float]) -> None:
+        """Every rank reports; rank 0 with the checkpoint of the state as it is now."""
+        with tempfile.TemporaryDirectory(prefix="attn-ckpt-") as tmp:
+            ckpt_dir = str(self.state.save(tmp, self.config_yaml)) if self.chief else None
+            self.reporter.report(metrics, ckpt_dir)
+
+
+def _setup(cfg, info, reporter, tracker, log) -> _Run:
+    tc = cfg.train
+    data = build_data(cfg.data)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
+    model = build_model(cfg.model, data.spec, (data.mean, data.std)).to(info.device)
+    optimizer = build_optimizer(model, tc)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, tc))
+    r, w, eval_bs = info.rank, info.world, cfg.eval.batch_size
+    loaders = {
+        "train": BatchLoader(data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=r, world=w),
+        "val": BatchLoader(data.val, eval_bs, shuffle=False, rank=r, world=w),
+        "test": BatchLoader(data.test, eval_bs, shuffle=False, rank=r, world=w),
+    }
+    return _Run(cfg, info, reporter, tracker, log, data, state, model, dump_config(cfg), loaders,
+                None, NonFiniteGuard(tc.max_nonfinite_steps))
+
+
+def _resume_or_transfer(run: _Run, init: Optional[tuple[dict[str, torch.Tensor], str]]) -> None:
+    """Continue from the latest checkpoint if there is one, else load ``init`` where it fits."""
+    state, tc = run.state, run.cfg.train
+    resume_dir = run.reporter.latest_checkpoint()
+    if resume_dir is not None:
+        state.restore(resume_dir, run.config_yaml)
+        if run.chief:
+            run.log(f"resuming from {resume_dir}: epoch {state.next_epoch}, best val error {state.best_error:.2f}%")
+    if run.chief:
+        # Also without a checkpoint: a worker group restarted before its first one re-runs epochs
+        # the run may already hold.
+        run.tracker.sync(state.history)
+    if init is not None and resume_dir is None:
+        report = transfer_weights(state.model, init[0], context=tc.init_context, classifier=tc.init_classifier)
+        state.best_weights = copy.deepcopy(state.model.state_dict())
+        if run.chief:
+            run.log(f"weights from {init[1]}: " + "\n  ".join(report.lines()))
+            _log_transfer(run.tracker, report, init[1])
+
+
+def _describe(run: _Run) -> None:
+    """A new run's first lines: the model's cost (also as metrics), the data, the data's notes."""
+    cfg, data, tc = run.cfg, run.data, run.cfg.train
+    cost = model_cost(run.state.model, data.spec)
+    run.tracker.log_metrics(cost, step=0)
+    run.log(
+        f"{cfg.model.name}/{cfg.model.core.kind} on {cfg.data.task}: {cost['model_params']:,} parameters "
+        f"({cost['model_params_trainable']:,} trainable), {cost['model_flops_per_image'] / 1e6:,.1f} MFLOPs "
+        f"per image and episode; {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
+        f"{run.info.world} worker(s) x batch {tc.batch_size}"
+    )
+    for note in data.notes:
+        run.log(note)
+
+
+def _run_epoch(run: _Run, epoch: int) -> bool:
+    """Train and validate one epoch, log it, checkpoint it; True when early stopping ends the run."""
+    cfg, tc, state, dev = run.cfg, run.cfg.train, run.state, run.info.device
+    t0 = time.perf_counter()
+    torch.manual_seed(_epoch_seed(tc.seed, epoch, run.info.rank))
+    run.loaders["train"].set_epoch(epoch)
+    tm = train_epoch(run.train_model, run.loaders["train"], run.data, state.optimizer, rl_coef=tc.rl_coef,
+                     device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite)
+    vm = evaluate(state.model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
+    lr = state.optimizer.param_groups[0]["lr"]
+    step_scheduler(state.scheduler, vm["error"])
+    stop = state.end_epoch(epoch, vm["error"], tc.patience)
+    run.epoch_times.append(time.perf_counter() - t0)
+    metrics = {"epoch": epoch}
+    metrics.update({f"train_{k}": v for k, v in tm.items() if k not in _NOT_LOGGED})
+    metrics.update({f"val_{k}": v for k, v in vm.items() if k not in _NOT_LOGGED})
+    metrics.update(best_val_error=state.best_error, lr=lr, images_per_s=tm["images_per_s"],
+                   epoch_time_s=run.epoch_times[-1])
+    run.last_metrics = metrics
+    state.history.append({k: float(v) for k, v in metrics.items()})
+    if run.chief:
+        run.tracker.log_metrics(metrics, step=epoch)
+        if run.pictures.due(epoch):
+            run.pictures.episodes(state.model, f"epoch_{epoch + 1:03d}", run.tracker)
+        recent = run.epoch_times[-5:]
+        left = (tc.epochs - epoch - 1) * (sum(recent) / len(recent))
+        run.log(
+            f"epoch {epoch + 1}/{tc.epochs} | train loss {tm['loss']:.4f} acc {100 * tm['accuracy']:.2f}% "
+            f"| val err {vm['error']:.2f}% (best {state.best_error:.2f}% @ {state.best_epoch + 1}) "
+            f"| {tm['images_per_s']:,.0f} img/s | {run.epoch_times[-1]:.1f}s/epoch | left <= {_format_eta(left)}"
+        )
+    run.report(metrics)
+    if stop and run.chief:
+        run.log(f"early stop: no better validation error for {tc.patience} epochs")
+    return stop
+
+
+def _final_test(run: _Run) -> tuple[dict[str, float], nn.Module, SplitStats]:
+    """Test the best weights: the mean policy, one sampled episode, and M averaged sampled episodes.
+    On a copy, so the last weights stay in place for the checkpoint (resuming with more epochs)."""
+    state, ev, dev = run.state, run.cfg.eval, run.info.device
+    best_model = copy.deepcopy(state.model)
+    best_model.load_state_dict(state.best_weights)
+    stats = SplitStats(run.data.spec, dev)
+    final = {
+        "epoch": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_error": state.best_error,
+        **score_split(best_model, run.loaders["test"], run.data, device=dev, prefix="test", mc_samples=ev.mc_samples,
+                      seed=ev.seed, stats=stats, single_sample=True),
+    }
+    return final, best_model, stats
+
+
+def _publish(run: _Run, final: dict[str, float], best_model: nn.Module, stats: SplitStats) -> None:
+    """Rank 0: the test metrics, pictures, tables, result tags, best weights and model."""
+    tracker, cfg = run.tracker, run.cfg
+    # best_val_error is already a curve (every epoch); logging it again would repeat the last step.
+    once = {"epoch", "best_val_error"} if run.state.history else {"epoch"}
+    tracker.log_metrics({k: v for k, v in final.items() if k not in once}, step=final["epoch"])
+    run.pictures.episodes(best_model, "final", tracker)
+    run.pictures.analysis(stats, tracker, step=final["epoch"])
+    run.pictures.curves(run.state.history, f"{cfg.model.name}/{cfg.model.core.kind}", tracker)
+    what = objective_for(run.data.spec).error_name
+    best = int(final["best_epoch"]) + 1
     tracker.set_tag("result.test_error", f"{final['test_error']:.2f}")
     tracker.set_tag("result.test_error_mc", f"{final['test_error_mc']:.2f}")
-    tracker.set_tag("result.best_epoch", str(int(final["best_epoch"]) + 1))
+    tracker.set_tag("result.best_epoch", str(best))
     tracker.set_tag(
         "result.summary",
         f"test {what} {final['test_error']:.2f}% (mean policy), {final['test_error_mc']:.2f}% "
-        f"({int(final['test_mc_samples'])} samples), best epoch {int(final['best_epoch']) + 1}",
+        f"({int(final['test_mc_samples'])} samples), best epoch {best}",
     )
+    run.log(
+        f"test {what} (best epoch {best}): mean policy {final['test_error']:.2f}% | "
+        f"1 sample {final['test_error_sample']:.2f}% | {cfg.eval.mc_samples} samples averaged {final['test_error_mc']:.2f}%"
+    )
+    with tempfile.TemporaryDirectory(prefix="attn-best-") as tmp:
+        path = Path(tmp) / BEST_FILE
+        torch.save(run.state.best_weights, path)
+        (Path(tmp) / "config.yaml").write_text(run.config_yaml)
+        tracker.log_artifact(str(path), "checkpoint")
+        tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
+    tracker.log_model(best_model, run.config_yaml)
+    tracker.close()
 
 
 def fit(
@@ -138,173 +296,21 @@ def fit(
 
     init: (state dict, its name) of the weights ``train.init_from`` named, loaded where they fit before
     the first epoch (ignored when resuming: the run's own checkpoint wins)."""
-    tc = cfg.train
-    is_chief = info.rank == 0
-    data = build_data(cfg.data)
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
-    model = build_model(cfg.model, data.spec, (data.mean, data.std)).to(info.device)
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc)
-    config_yaml = dump_config(cfg)
-
-    start_epoch, best_error, best_epoch, early_stopped = 0, math.inf, -1, False
-    best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
-    # Every epoch's logged metrics, kept in the checkpoint: after a restart the tracker gets each
-    # epoch exactly once (those it lost are sent again, those it has are not).
-    history: list[dict[str, float]] = []
-    resume_dir = reporter.latest_checkpoint()
-    if resume_dir is not None:
-        state, best_state = load_checkpoint(resume_dir, expected_config=config_yaml)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"{resume_dir}: checkpoint does not fit this config ({str(exc).splitlines()[0][:200]})"
-            ) from None
-        start_epoch, best_error, best_epoch = state["epoch"] + 1, state["best_error"], state["best_epoch"]
-        history = list(state.get("history", []))
-        # A finished run resumed with more epochs (train.epochs=N on --resume) trains on, unless it
-        # had stopped early.
-        early_stopped = bool(state.get("early_stopped"))
-        if is_chief:
-            log(f"resuming from {resume_dir}: epoch {start_epoch}, best val error {best_error:.2f}%")
-    if is_chief:
-        # Also without a checkpoint: a worker group restarted before its first one re-runs epochs
-        # the run may already hold.
-        tracker.sync(history)
-    if init is not None and resume_dir is None:
-        report = transfer_weights(model, init[0], context=tc.init_context, classifier=tc.init_classifier)
-        best_state = copy.deepcopy(model.state_dict())
-        if is_chief:
-            log(f"weights from {init[1]}: " + "\n  ".join(report.lines()))
-            _log_transfer(tracker, report, init[1])
-
-    train_model = wrap_model(model)
-    train_loader = BatchLoader(
-        data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=info.rank, world=info.world
-    )
-    eval_bs = cfg.eval.batch_size
-    val_loader = BatchLoader(data.val, eval_bs, shuffle=False, rank=info.rank, world=info.world)
-    test_loader = BatchLoader(data.test, eval_bs, shuffle=False, rank=info.rank, world=info.world)
-    if is_chief and start_epoch == 0:
-        cost = model_cost(model, data.spec)
-        tracker.log_metrics(cost, step=0)
-        log(
-            f"{cfg.model.name}/{cfg.model.core.kind} on {cfg.data.task}: {cost['model_params']:,} parameters "
-            f"({cost['model_params_trainable']:,} trainable), {cost['model_flops_per_image'] / 1e6:,.1f} MFLOPs "
-            f"per image and episode; {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images; "
-            f"{info.world} worker(s) x batch {tc.batch_size}"
-        )
-        for note in data.notes:
-            log(note)
-
-    def save(epoch: int, metrics: dict[str, float]) -> None:
-        ckpt_dir = None
-        with tempfile.TemporaryDirectory(prefix="attn-ckpt-") as tmp:
-            if is_chief:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "epoch": epoch,
-                    "best_error": best_error,
-                    "best_epoch": best_epoch,
-                    "early_stopped": early_stopped,
-                    "history": history,
-                }
-                ckpt_dir = str(save_checkpoint(tmp, state, best_state, config_yaml))
-            reporter.report(metrics, ckpt_dir)
-
-    pictures = Pictures(cfg, data, info.device) if is_chief else None
-    epoch = start_epoch - 1
-    nonfinite = NonFiniteGuard(tc.max_nonfinite_steps)
-    last_metrics: dict[str, float] = {}
-    epoch_times: list[float] = []
-    if not early_stopped:
-        for epoch in range(start_epoch, tc.epochs):
-            t0 = time.perf_counter()
-            torch.manual_seed(_epoch_seed(tc.seed, epoch, info.rank))
-            train_loader.set_epoch(epoch)
-            tm = train_epoch(
-                train_model, train_loader, data, optimizer, rl_coef=tc.rl_coef, device=info.device,
-                grad_clip=tc.grad_clip, nonfinite=nonfinite,
-            )
-            vm = evaluate(model, val_loader, data, device=info.device, policy="mean", seed=cfg.eval.seed)
-            lr = optimizer.param_groups[0]["lr"]
-            step_scheduler(scheduler, vm["error"])
-            if vm["error"] <= best_error:
-                best_error, best_epoch = vm["error"], epoch
-                best_state = copy.deepcopy(model.state_dict())
-            epoch_times.append(time.perf_counter() - t0)
-            metrics = {"epoch": epoch}
-            metrics.update({f"train_{k}": v for k, v in tm.items() if k not in _NOT_LOGGED})
-            metrics.update({f"val_{k}": v for k, v in vm.items() if k not in _NOT_LOGGED})
-            metrics.update(
-                best_val_error=best_error,
-                lr=lr,
-                images_per_s=tm["images_per_s"],
-                epoch_time_s=epoch_times[-1],
-            )
-            last_metrics = metrics
-            history.append({k: float(v) for k, v in metrics.items()})
-            stop = epoch - best_epoch > tc.patience
-            if is_chief:
-                tracker.log_metrics(metrics, step=epoch)
-                if pictures.due(epoch):
-                    pictures.episodes(model, f"epoch_{epoch + 1:03d}", tracker)
-                left = (tc.epochs - epoch - 1) * (sum(epoch_times[-5:]) / len(epoch_times[-5:]))
-                log(
-                    f"epoch {epoch + 1}/{tc.epochs} | train loss {tm['loss']:.4f} acc {100 * tm['accuracy']:.2f}% "
-                    f"| val err {vm['error']:.2f}% (best {best_error:.2f}% @ {best_epoch + 1}) "
-                    f"| {tm['images_per_s']:,.0f} img/s | {epoch_times[-1]:.1f}s/epoch | left <= {_format_eta(left)}"
-                )
-            early_stopped = stop
-            save(epoch, metrics)
-            if stop:
-                if is_chief:
-                    log(f"early stop: no better validation error for {tc.patience} epochs")
+    run = _setup(cfg, info, reporter, tracker, log)
+    _resume_or_transfer(run, init)
+    run.train_model = wrap_model(run.state.model)
+    if run.chief and run.state.next_epoch == 0:
+        _describe(run)
+    run.pictures = Pictures(cfg, run.data, info.device) if run.chief else None
+    if not run.state.early_stopped:
+        for epoch in range(run.state.next_epoch, cfg.train.epochs):
+            if _run_epoch(run, epoch):
                 break
-
-    # Test the best weights: the mean policy, one sampled episode, and M averaged sampled episodes.
-    # A copy, so the last weights stay in place for the checkpoint (resuming with more epochs).
-    best_model = copy.deepcopy(model)
-    best_model.load_state_dict(best_state)
-    seed, m, dev = cfg.eval.seed, cfg.eval.mc_samples, info.device
-    details = EvalDetails(data.spec, dev)
-    final = {
-        "epoch": max(epoch, start_epoch - 1),
-        "best_epoch": best_epoch,
-        "best_val_error": best_error,
-        **score_split(best_model, test_loader, data, device=dev, prefix="test", mc_samples=m, seed=seed,
-                      details=details, single_sample=True),
-    }
-    if is_chief:
-        # best_val_error is already a curve (every epoch); logging it again would repeat the last step.
-        once = {"epoch", "best_val_error"} if history else {"epoch"}
-        tracker.log_metrics({k: v for k, v in final.items() if k not in once}, step=final["epoch"])
-        pictures.episodes(best_model, "final", tracker)
-        pictures.analysis(details, tracker, step=final["epoch"])
-        pictures.curves(history, f"{cfg.model.name}/{cfg.model.core.kind}", tracker)
-        _tag_results(tracker, final, data.spec.is_sequence)
-        what = "sequence error" if data.spec.is_sequence else "error"
-        log(
-            f"test {what} (best epoch {best_epoch + 1}): mean policy {final['test_error']:.2f}% | "
-            f"1 sample {final['test_error_sample']:.2f}% | {m} samples averaged {final['test_error_mc']:.2f}%"
-        )
-    if is_chief:
-        with tempfile.TemporaryDirectory(prefix="attn-best-") as tmp:
-            path = Path(tmp) / BEST_FILE
-            torch.save(best_state, path)
-            (Path(tmp) / "config.yaml").write_text(config_yaml)
-            tracker.log_artifact(str(path), "checkpoint")
-            tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
-        tracker.log_model(best_model, config_yaml)
-        tracker.close()
+    final, best_model, stats = _final_test(run)
+    if run.chief:
+        _publish(run, final, best_model, stats)
     sys.stdout.flush()
     # The final report comes last (a sweep may stop the trial as soon as it arrives) and repeats the
     # last epoch's curves, so that every per-epoch metric is also in the final result.
-    save(final["epoch"], {**last_metrics, **final})
+    run.report({**run.last_metrics, **final})
     return final

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathlib import Path
+from typing import Optional
 
-from attn.config import ContextConfig
 from attn.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,23 +115,23 @@ class FrozenBackbone(nn.Module):
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def check_context_files(cfg: ContextConfig) -> None:
-    """Fail in one line when a weights file or config the context names is missing (before training
-    starts on workers)."""
-    if cfg.weights is not None and cfg.weights != "imagenet":
-        path = Path(cfg.weights).expanduser()
-        if cfg.kind == "vit" and not (path / "config.json").is_file():
+def check_weights(kind: str, weights: Optional[str], vit_config: Optional[str] = None) -> None:
+    """Fail in one line when a weights file or config a ``kind`` context names is missing (before
+    training starts on workers)."""
+    if weights is not None and weights != "imagenet":
+        path = Path(weights).expanduser()
+        if kind == "vit" and not (path / "config.json").is_file():
             raise ConfigError(
                 f"{path}: model.context.weights for vit must be a folder written by save_pretrained "
                 "(config.json and the weights); see experiments/multinumber.yaml for how to make one"
             )
-        if cfg.kind == "resnet50" and not path.is_file():
+        if kind == "resnet50" and not path.is_file():
             raise ConfigError(
                 f"{path}: model.context.weights file not found; give a ResNet-50 state_dict (.pth), "
                 "'imagenet', or leave it unset for random init"
             )
-    if cfg.vit_config is not None:
-        path = Path(cfg.vit_config).expanduser()
+    if vit_config is not None:
+        path = Path(vit_config).expanduser()
         if not (path.is_file() or (path / "config.json").is_file()):
             raise ConfigError(f"{path}: model.context.vit_config not found; give a ViT config.json or a folder holding one")
 
@@ -173,7 +173,7 @@ def _resnet50_state(weights: str) -> dict:
             ) from None
     else:
         path = Path(weights).expanduser()
-        check_context_files(ContextConfig(kind="resnet50", weights=weights))
+        check_weights("resnet50", weights)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -202,7 +202,7 @@ class ViTContext(FrozenBackbone):
 
         if weights is not None:
             path = Path(weights).expanduser()
-            check_context_files(ContextConfig(kind="vit", weights=weights))
+            check_weights("vit", weights)
             try:
                 self.backbone = ViTModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
             except (OSError, ValueError) as exc:
@@ -235,18 +235,3 @@ class ViTContext(FrozenBackbone):
         with torch.no_grad():
             tokens = self.backbone(pixel_values=(x - 0.5) / 0.5).last_hidden_state
         return self.proj(tokens)
-
-
-def build_context(
-    cfg: ContextConfig, channels: int, height: int, width: int, out_size: int, input_norm: tuple[float, float] = (0.0, 1.0)
-) -> nn.Module:
-    """The context network of ``cfg.kind``. input_norm: the (mean, std) the images were normalised with."""
-    if cfg.kind == "cnn":
-        return ContextCNN(channels, height, width, out_size, stride=cfg.stride_for(min(height, width)))
-    if cfg.kind == "snapshot":
-        return SnapshotContext(channels, out_size, cfg.snapshot_size, stride=cfg.stride_for(cfg.snapshot_size))
-    if cfg.kind == "resnet50":
-        return ResNet50Context(out_size, cfg.weights, input_norm)
-    if cfg.kind == "vit":
-        return ViTContext(out_size, cfg.weights, cfg.vit_config, input_norm)
-    raise ValueError(f"unknown context {cfg.kind!r}")  # pragma: no cover - the schema admits only these

@@ -41,10 +41,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from attn.config import ModelConfig
-from attn.data.base import DataSpec
-from attn.models.context import build_context
-from attn.models.cores import SequenceCore, build_core
+from attn.models.cores import Core, SequenceCore
 from attn.models.glimpse import ConvGlimpseNetwork
 from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
 from attn.models.retina import Retina
@@ -71,33 +68,49 @@ class SequenceEpisode:
 
 
 class DRAM(nn.Module):
-    def __init__(self, cfg: ModelConfig, spec: DataSpec, input_norm: tuple[float, float] = (0.0, 1.0)):
-        """input_norm: the (mean, std) the images were normalised with (backbone contexts undo it)."""
+    def __init__(
+        self,
+        retina: Retina,
+        glimpse: ConvGlimpseNetwork,
+        context: nn.Module,
+        lower: Core,
+        upper: Core,
+        *,
+        num_classes: int,
+        max_tokens: int,
+        hidden_size: int,
+        explore_steps: int,
+        glimpses_per_digit: int,
+        policy_std: float,
+        routing: Literal["detached", "top", "full"] = "top",
+        rgb_glimpses: bool = False,
+        query: Optional[nn.Parameter] = None,
+    ):
+        """DRAM from its parts: the retina, the glimpse network, the context network, the lower
+        (classification) core r^(1) and the upper (location) core r^(2), d = ``hidden_size``; it adds
+        the location, baseline and classifier heads (``num_classes`` tokens, L = ``max_tokens`` slots).
+        Per slot ``explore_steps`` glimpses without a prediction, then ``glimpses_per_digit``. query: with
+        a token context (vit) the learned first input of r^(1), in place of a context vector.
+        :func:`attn.models.build.build_model` assembles it from a config."""
         super().__init__()
-        r, d = cfg.retina, cfg.hidden_size
-        self.std = cfg.policy_std
-        self.max_tokens = spec.max_tokens
-        self.explore = cfg.explore_steps
-        self.steps_per_token = cfg.steps_per_token()
-        self.routing = cfg.routing
-        self.rgb_glimpses = cfg.glimpse_color == "rgb"
-        if self.rgb_glimpses and spec.channels != 3:
-            raise ValueError(f"model.glimpse_color = 'rgb' needs 3-channel images, this dataset has {spec.channels}")
-        glimpse_channels = spec.channels if self.rgb_glimpses else 1
-        self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
-        self.glimpse = ConvGlimpseNetwork(
-            r.num_scales * glimpse_channels, r.patch_size, cfg.conv_channels, d, cfg.fusion
-        )
-        self.context = build_context(cfg.context, spec.channels, spec.height, spec.width, d, input_norm)
-        self.reads_memory = cfg.context.kind == "vit"
-        glimpses = spec.max_tokens * self.steps_per_token
-        if self.reads_memory:
-            self.query = nn.Parameter(torch.randn(d) * 0.02)  # q: r1's first input, in place of ctx
-        self.lower = build_core(cfg.core, d, d, max_steps=glimpses + int(self.reads_memory))
-        self.upper = build_core(cfg.core, d, d, max_steps=glimpses + 1, cross_attention=self.reads_memory)
+        d = hidden_size
+        self.std = policy_std
+        self.max_tokens = max_tokens
+        self.explore = explore_steps
+        self.steps_per_token = explore_steps + glimpses_per_digit
+        self.routing = routing
+        self.rgb_glimpses = rgb_glimpses
+        self.retina = retina
+        self.glimpse = glimpse
+        self.context = context
+        self.reads_memory = query is not None
+        if query is not None:
+            self.query = query  # q: r1's first input, in place of ctx
+        self.lower = lower
+        self.upper = upper
         self.locator = LocationNetwork(d)
         self.baseline = BaselineNetwork(d)
-        self.classifier = Classifier(d, spec.num_classes)
+        self.classifier = Classifier(d, num_classes)
 
     def _context_step(self, images: torch.Tensor, copies: int = 1):
         """The context step -> (h2_0, state of r2, state of r1), for ``copies`` episodes per image

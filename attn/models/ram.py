@@ -36,9 +36,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from attn.config import ModelConfig
-from attn.data.base import DataSpec
-from attn.models.cores import SequenceCore, build_core
+from attn.models.cores import Core, SequenceCore
 from attn.models.cores.rnn import RNNCore
 from attn.models.glimpse import GlimpseNetwork
 from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
@@ -66,28 +64,45 @@ class Episode:
 
 
 class RAM(nn.Module):
-    def __init__(self, cfg: ModelConfig, spec: DataSpec):
+    def __init__(
+        self,
+        retina: Retina,
+        glimpse: GlimpseNetwork,
+        core: Core,
+        *,
+        num_classes: int,
+        hidden_size: int,
+        num_glimpses: int,
+        policy_std: float,
+        initial_location: Literal["random", "center"] = "random",
+        detach_policy_input: bool = True,
+        mean_readout: bool = False,
+        two_phase: bool = False,
+    ):
+        """The model of the paper's figure 1 from its parts: the retina rho, the glimpse network f_g,
+        the core f_h (d = ``hidden_size`` wide); it adds f_l (location, sigma = ``policy_std``), the
+        baseline b_t and f_a (``num_classes``). T = ``num_glimpses``; l_0 is ``initial_location``.
+        detach_policy_input: REINFORCE trains only f_l (its input h_t is detached). mean_readout: f_a
+        reads the mean of h_1..h_T instead of h_T. two_phase: a Transformer core rolls out without
+        gradients, then runs one causal pass over all glimpses with them (same outputs and gradients).
+        :func:`attn.models.build.build_model` assembles it from a config."""
         super().__init__()
-        r = cfg.retina
-        self.num_glimpses = cfg.num_glimpses
-        self.std = cfg.policy_std
-        self.initial_location = cfg.initial_location
-        self.detach_policy_input = cfg.routing == "detached"
-        self.retina = Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
-        in_features = r.num_scales * spec.channels * r.patch_size**2
-        self.glimpse = GlimpseNetwork(in_features, cfg.what_size, cfg.where_size, cfg.hidden_size)
-        self.core = build_core(cfg.core, cfg.hidden_size, cfg.hidden_size, max_steps=cfg.num_glimpses)
-        self.locator = LocationNetwork(cfg.hidden_size)
-        self.baseline = BaselineNetwork(cfg.hidden_size)
-        self.classifier = Classifier(cfg.hidden_size, spec.num_classes)
+        self.num_glimpses = num_glimpses
+        self.std = policy_std
+        self.initial_location = initial_location
+        self.detach_policy_input = detach_policy_input
+        self.retina = retina
+        self.glimpse = glimpse
+        self.core = core
+        self.locator = LocationNetwork(hidden_size)
+        self.baseline = BaselineNetwork(hidden_size)
+        self.classifier = Classifier(hidden_size, num_classes)
         # The rnn core with the default routing runs the hand-written episode (same outputs and
         # gradients, far fewer operations: attn/models/rnn_episode.py); False forces the loop below.
-        self.mean_readout = cfg.readout == "mean"
+        self.mean_readout = mean_readout
         # (the hand-written episode returns h_1..h_{T-1} without a gradient: the mean readout takes the loop)
         self.hand_written = isinstance(self.core, RNNCore) and self.detach_policy_input and not self.mean_readout
-        # Transformer cores with rollout two_phase: roll out without gradients, then one causal pass
-        # (see the module docstring); False steps inside the graph.
-        self.two_phase = isinstance(self.core, SequenceCore) and cfg.core.rollout == "two_phase"
+        self.two_phase = isinstance(self.core, SequenceCore) and two_phase
         self._core_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.core.modules())
 
     def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -14,9 +14,9 @@ from helpers.cli import ROOT
 PROBE = r"""
 import json, ray
 from attn.config import load_config
-from attn.distributed.driver import _start_ray
+from attn.distributed.lifecycle import start_ray
 
-assert _start_ray(load_config("experiments/mnist_ram.yaml"))
+assert start_ray(load_config("experiments/mnist_ram.yaml"))
 
 @ray.remote(num_cpus=0)
 class Probe:

@@ -204,7 +204,7 @@ def test_eval_from_run_id_reproduces_the_logged_test_error(trained, monkeypatch,
 
 def test_eval_from_model_uri_and_checkpoint_path_and_refusals(trained):
     from attn.errors import ConfigError
-    from attn.evaluation import run_eval
+    from attn.commands.evaluate import run_eval
 
     cwd, client, run = trained
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
@@ -248,7 +248,7 @@ def test_cost_and_transfer_from_the_run(trained):
     """The run logged its cost; train.init_from=experiment:NAME pins the newest finished run and
     loads every tensor of a same-shaped model."""
     from attn.config import load_config
-    from attn.distributed.driver import resolve_init
+    from attn.distributed.lifecycle import resolve_init
     from attn.engine.trainer import WorkerInfo, fit
     from attn.sources import load_source
 

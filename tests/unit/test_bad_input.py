@@ -150,7 +150,7 @@ def _svhn_bad_cache(t: Path):
 def _run_with_checkpoint(t: Path, damage: str):
     """A run folder with one checkpoint (written directly, as the worker does), then --resume."""
     from attn.config import dump_config, load_config
-    from attn.distributed.driver import RUN_FILE
+    from attn.distributed.lifecycle import RUN_FILE
     from attn.engine.checkpoint import STATE_FILE, save_checkpoint
 
     overrides = [f"ray.storage_path={t / 'runs'}", f"tracking.tracking_uri=sqlite:///{t / 'm.db'}"]
@@ -178,12 +178,11 @@ def test_bad_input_gives_one_line_naming_the_culprit(tmp_path, monkeypatch, caps
     name, setup, code, needle = case
     monkeypatch.chdir(tmp_path)
 
-    def no_ray(cfg, uri):
+    def no_ray(cfg):
         raise AssertionError(f"case {name} got past the checks and would start Ray")
 
     # Harness guard: every case must be refused before Ray starts (none may train).
-    monkeypatch.setattr("attn.distributed.driver._ray_init", no_ray)
-    monkeypatch.setattr("attn.distributed.sweep._ray_init", no_ray)
+    monkeypatch.setattr("attn.distributed.lifecycle.start_ray", no_ray)
     got = main(setup(tmp_path))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]

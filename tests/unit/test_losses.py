@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from attn.config import ModelConfig
+from attn.models import build_model
+from attn.config import model_config
 from attn.data.base import DataSpec
 from attn.losses import baseline_loss, hybrid_loss, reinforce_loss
 from attn.models.policy import gaussian_log_prob
@@ -75,7 +76,7 @@ def _groups(flags: dict[str, bool]) -> set[str]:
 @pytest.mark.parametrize("core", ["rnn", "lstm"])
 def test_gradient_routing_detached(core):
     torch.manual_seed(0)
-    model = RAM(ModelConfig(core={"kind": core}, num_glimpses=4), SPEC)
+    model = build_model(model_config(core={"kind": core}, num_glimpses=4), SPEC)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     t = hybrid_loss(model(x), y, rl_coef=1.0)
     # Classification: glimpse net, core and classifier -- never the location or baseline nets.
@@ -91,7 +92,7 @@ def test_gradient_routing_detached(core):
 
 def test_gradient_routing_full():
     torch.manual_seed(0)
-    model = RAM(ModelConfig(num_glimpses=4, policy_grad="full"), SPEC)
+    model = build_model(model_config(num_glimpses=4, policy_grad="full"), SPEC)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     t = hybrid_loss(model(x), y, rl_coef=1.0)
     assert _groups(_grads_of(model, t.reinforce)) == {"locator", "core", "glimpse"}
@@ -101,7 +102,7 @@ def test_gradient_routing_full():
 def test_episode_shapes_and_log_pi_of_used_locations():
     torch.manual_seed(0)
     T, B = 5, 8
-    model = RAM(ModelConfig(num_glimpses=T, policy_std=0.2), SPEC)
+    model = build_model(model_config(num_glimpses=T, policy_std=0.2), SPEC)
     ep = model(torch.randn(B, 1, 28, 28))
     assert ep.log_probs.shape == (B, 10)
     assert ep.log_pi.shape == ep.baselines.shape == (B, T - 1)
@@ -117,7 +118,7 @@ def test_log_pi_scores_the_location_the_retina_used():
     those locations, and log pi must score exactly those samples under mu(h_t)."""
     torch.manual_seed(0)
     T, B = 4, 6
-    model = RAM(ModelConfig(num_glimpses=T, policy_std=0.3), SPEC).double()
+    model = build_model(model_config(num_glimpses=T, policy_std=0.3), SPEC).double()
     x = torch.randn(B, 1, 28, 28, dtype=torch.float64)
     ep = model(x)
     padded = model.retina.pad(x)

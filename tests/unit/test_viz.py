@@ -12,7 +12,9 @@ from PIL import Image
 from attn import viz
 from attn.config import load_config
 from attn.data.base import IGNORE_INDEX, DataSpec
-from attn.engine.details import EvalDetails
+from attn.engine.objective import objective_for
+from attn.engine.pictures import draw_episodes
+from attn.engine.split_stats import SplitStats
 from attn.models import build_model
 from attn.models.retina import Retina, patch_boxes, patch_sizes
 
@@ -73,7 +75,7 @@ def test_one_gif_frame_per_glimpse(tmp_path, experiment):
     model = build_model(cfg.model, spec)
     images = torch.randint(0, 256, (2, 1, spec.height, spec.width), dtype=torch.uint8)
     r = cfg.model.retina
-    drawings = viz.draw_episodes(
+    drawings = draw_episodes(
         model, images, images.float() / 255, labels, spec, patch_sizes(r.patch_size, r.num_scales, r.scale), seed=3
     )
     for d in drawings:
@@ -87,7 +89,7 @@ def test_one_gif_frame_per_glimpse(tmp_path, experiment):
 
 def test_details_match_a_slow_reference():
     spec = DataSpec(1, 6, 8, 3, ("cat", "dog", "eel"))
-    details = EvalDetails(spec, torch.device("cpu"))
+    details = SplitStats(spec, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     hist = torch.zeros(6, 8)
     confusion = torch.zeros(3, 3)
@@ -103,8 +105,8 @@ def test_details_match_a_slow_reference():
                 cx, cy = int((lx + 1) / 2 * 8), int((ly + 1) / 2 * 6)
                 hist[min(cy, 5), min(cx, 7)] += 1
     assert torch.equal(details.glimpse_hist.float(), hist)
-    assert torch.equal(details.confusion.float(), confusion)
-    acc = details.class_accuracy()
+    assert torch.equal(details.table.confusion.float(), confusion)
+    acc = details.table.class_accuracy()
     assert list(acc) == ["cat", "dog", "eel"]
     for i, name in enumerate(spec.class_names):
         assert acc[name] == pytest.approx(float(confusion[i, i] / confusion[i].sum()))
@@ -113,12 +115,12 @@ def test_details_match_a_slow_reference():
 def test_sequence_table_by_hand():
     # tokens: 0 = end, 1..3 digits; max 3 tokens (2 digits + end)
     spec = DataSpec(1, 4, 4, 4, ("<end>", "1", "2", "3"), max_tokens=3, end_token=0)
-    details = EvalDetails(spec, torch.device("cpu"))
+    details = SplitStats(spec, torch.device("cpu"))
     y = torch.tensor([[1, 2, 0], [3, 0, IGNORE_INDEX], [2, 0, IGNORE_INDEX], [1, 1, 0]])
     pred = torch.tensor([[1, 2, 0], [3, 1, 1], [2, 0, 0], [1, 3, 0]])
     log_probs = torch.nn.functional.one_hot(pred, 4).float()
     details.add(torch.zeros(4, 2, 2), log_probs, y)
-    rows = {r["length"]: r for r in details.sequence_table()}
+    rows = {r["length"]: r for r in details.table.rows()}
     # one digit: "3" read but end missed; "2" read with its end -> 1 of 2 right
     assert rows[1] == {"length": 1, "images": 2, "sequence_accuracy": 0.5, "slot_1": 1.0, "slot_2": rows[1]["slot_2"], "end": 0.5}
     assert rows[1]["slot_2"] != rows[1]["slot_2"]  # NaN: one-digit labels have no second digit
@@ -137,8 +139,9 @@ def test_parallel_coordinates_and_label_text(tmp_path):
     with pytest.raises(ValueError, match="no trial has a finite metric"):
         viz.parallel_coordinates(rows[2:], ["train.lr"], "metric", tmp_path / "q.png")
     seq = DataSpec(1, 4, 4, 12, ("<end>",) + tuple("123456789") + ("0", "<sep>"), max_tokens=6, end_token=0)
-    assert viz.label_text([1, 10, 11, 5, 0, IGNORE_INDEX], seq) == "1 0 <sep> 5"
-    assert viz.label_text([2, 0], DataSpec(1, 4, 4, 11, ("<end>",) + tuple("123456789") + ("0",), 6, 0)) == "2"
+    assert objective_for(seq).label_text([1, 10, 11, 5, 0, IGNORE_INDEX]) == "1 0 <sep> 5"
+    digits = DataSpec(1, 4, 4, 11, ("<end>",) + tuple("123456789") + ("0",), 6, 0)
+    assert objective_for(digits).label_text([2, 0]) == "2"
 
 
 def test_learning_curves_points_and_picture(tmp_path):

@@ -179,7 +179,7 @@ def load_svhn(cfg) -> TaskData:
     rows = _split_rows(cfg, index, _kept(index, md, notes), notes)
     C = 1 if cfg.color == "gray" else 3
     canvas = None
-    side = cfg.crop_size
+    side = getattr(cfg, "crop_size", None)
     if cfg.task == "svhn_background":
         from attn.data.background import Canvas
 

@@ -32,7 +32,7 @@ def prepare_svhn(
     """
     from urllib.parse import urljoin
 
-    from attn.config import DataConfig
+    from attn.config import SvhnData
     from attn.data.download import download, extract_tar
 
     dest = Path(dest).expanduser()
@@ -59,7 +59,7 @@ def prepare_svhn(
         extract_tar(archive, dest, folder, require=("digitStruct.mat",), delete_bad=True)
         if not keep_archives:
             archive.unlink()
-    fields = DataConfig.model_fields
+    fields = SvhnData.model_fields
     size, color = fields["image_size"].default, fields["color"].default
     counts = {}
     for folder in folders:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from attn.config import DataConfig, load_config
+from attn.config import data_config, load_config
 from attn.data import build_data
 from attn.data.background import BLEND, NOISE_STD, Canvas, border_level
 from attn.data.svhn import read_digit_struct
@@ -110,7 +110,7 @@ def svhn_root(tmp_path_factory):
 
 
 def test_svhn_background_task_from_format_1_files(svhn_root, tmp_path):
-    cfg = DataConfig(task="svhn_background", data_dir=str(svhn_root), use_extra=False, canvas_size=110,
+    cfg = data_config(task="svhn_background", data_dir=str(svhn_root), use_extra=False, canvas_size=110,
                      cache_dir=str(tmp_path / "cache"), val_fraction=0.25)
     data = build_data(cfg)
     assert data.spec.height == data.spec.width == 110 and data.crop is None

@@ -334,10 +334,10 @@ def test_bad_folder_gives_one_line_naming_the_file(tmp_path, mnist, monkeypatch,
     root, task, extra, needle = make(tmp_path, mnist)
     monkeypatch.chdir(tmp_path)
 
-    def no_ray(cfg, uri):
+    def no_ray(cfg):
         raise AssertionError("got past the data checks")
 
-    monkeypatch.setattr("attn.distributed.driver._ray_init", no_ray)
+    monkeypatch.setattr("attn.distributed.lifecycle.start_ray", no_ray)
     model = ["model.name=ram"] if task == "image_folder" else ["model.name=dram", "model.retina.patch_size=12"]
     exp = tmp_path / "exp.yaml"
     exp.write_text(f"data: {{task: {task}, data_dir: {json.dumps(str(root))}, target_size: [28, 84]}}\n")

@@ -10,7 +10,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from attn.config import DataConfig, load_config
+from attn.config import data_config, load_config
 from attn.data import BatchLoader, build_data
 from attn.data.mnist import load_mnist
 from attn.data.mnist_variants import DIGIT, DigitCanvas
@@ -21,7 +21,7 @@ from helpers.cli import ROOT
 @lru_cache(maxsize=None)
 def data(task: str = "mnist_cluttered", size: int = 60, seed: int = 0, eval_subset: int = 200):
     return build_data(
-        DataConfig(task=task, mnist_canvas_size=size, placement_seed=seed, train_subset=300, eval_subset=eval_subset)
+        data_config(task=task, mnist_canvas_size=size, placement_seed=seed, train_subset=300, eval_subset=eval_subset)
     )
 
 
@@ -135,7 +135,7 @@ def test_evaluation_canvases_are_fixed_across_loads_batches_ranks_and_subsets():
     test = d.test
     whole = d.canvas.place(test.images, train=False, ids=test.ids)[0]
     # Another load (fresh tables), with a larger eval subset: the same first canvases.
-    again = build_data(DataConfig(task="mnist_cluttered", mnist_canvas_size=100, train_subset=10, eval_subset=300))
+    again = build_data(data_config(task="mnist_cluttered", mnist_canvas_size=100, train_subset=10, eval_subset=300))
     assert torch.equal(whole, again.canvas.place(again.test.images[:200], train=False, ids=again.test.ids[:200])[0])
     # Batches of 7, and two ranks of a world of 2, see the same canvas per image.
     for world in (1, 2):
@@ -155,7 +155,7 @@ def test_evaluation_canvases_are_fixed_across_loads_batches_ranks_and_subsets():
 
 def test_ids_name_one_digit_of_one_split():
     d = data("mnist_translated", 60)
-    full = build_data(DataConfig(task="mnist_translated", train_subset=1, eval_subset=1))
+    full = build_data(data_config(task="mnist_translated", train_subset=1, eval_subset=1))
     assert int(d.test.ids[0]) == 60_000 and int(full.test.ids[0]) == 60_000
     assert len(full.canvas.pool) == 70_000
     with pytest.raises(ValueError, match="image id 70000 is no digit"):

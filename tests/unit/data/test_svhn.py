@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attn.config import DataConfig
+from attn.config import DataBase, data_config
 from attn.data import build_data
 from attn.data import svhn
 from attn.data.base import IGNORE_INDEX
@@ -68,8 +68,8 @@ def _copy(source, tmp_path: Path, folders=("train", "extra", "test")) -> Path:
     return root
 
 
-def _cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(task="svhn", data_dir=str(root), **kw)
+def _cfg(root: Path, **kw) -> DataBase:
+    return data_config(task="svhn", data_dir=str(root), **kw)
 
 
 def _boxes(rec) -> np.ndarray:
@@ -376,7 +376,7 @@ def test_partial_from_another_source_starts_over(source, tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_missing_partial_and_corrupt_folders(source, tmp_path):
     with pytest.raises(DataError, match=r"data.data_dir must point at SVHN format 1.*prepare svhn --to DIR"):
-        load_svhn(DataConfig(task="svhn"))
+        load_svhn(data_config(task="svhn"))
     with pytest.raises(DataError, match="nowhere: data.data_dir does not exist"):
         load_svhn(_cfg(tmp_path / "nowhere"))
     root = _copy(source, tmp_path, ("train", "test"))

@@ -49,18 +49,18 @@ def test_unreadable_and_foreign_files(tmp_path):
 def test_resume_check_stops_only_when_no_checkpoint_loads(tmp_path):
     """The driver's check before a resume: a damaged newest checkpoint with a readable older one is
     left to Ray Train (it picks its newest registered one); all damaged stops with the newest's name."""
-    from attn.distributed.driver import _check_latest_checkpoint
+    from attn.distributed.lifecycle import check_latest_checkpoint
 
     state = {"model": {"w": torch.ones(2)}, "epoch": 0}
     old = save_checkpoint(tmp_path / "checkpoint_2026-01-01_00-00-00.000001", state, {"w": torch.ones(2)}, "x: 1\n")
     new = save_checkpoint(tmp_path / "checkpoint_2026-01-01_00-00-05.000001", state, {"w": torch.ones(2)}, "x: 1\n")
-    _check_latest_checkpoint(tmp_path, "x: 1\n")
+    check_latest_checkpoint(tmp_path, "x: 1\n")
     (new / STATE_FILE).write_bytes(b"\x00garbage")
-    _check_latest_checkpoint(tmp_path, "x: 1\n")
+    check_latest_checkpoint(tmp_path, "x: 1\n")
     (old / STATE_FILE).write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="00-00-05.000001/state.pt: unreadable checkpoint"):
-        _check_latest_checkpoint(tmp_path, "x: 1\n")
-    _check_latest_checkpoint(tmp_path / "no-such-run", "x: 1\n")  # nothing to check: Ray Train starts fresh
+        check_latest_checkpoint(tmp_path, "x: 1\n")
+    check_latest_checkpoint(tmp_path / "no-such-run", "x: 1\n")  # nothing to check: Ray Train starts fresh
 
 
 def test_checkpoint_of_another_architecture_is_refused_naming_the_keys(tmp_path):

@@ -10,7 +10,8 @@ import torch
 from attn.config import load_config
 from attn.data.base import IGNORE_INDEX as I
 from attn.data.base import BatchLoader, DataSpec, Split, TaskData
-from attn.engine.loop import evaluate, score_batch
+from attn.engine.objective import Sequences
+from attn.engine.passes import evaluate
 from attn.losses import sequence_hybrid_loss, sequence_outcome
 from attn.models import build_model
 from attn.models.cores import SequenceCore
@@ -177,7 +178,7 @@ def test_score_batch_and_mc_evaluation_with_explore():
     lp = torch.full((2, 3, 11), -10.0)
     lp[0, 0, 3] = lp[0, 1, 0] = lp[0, 2, 0] = 0.0  # sample 0 read right
     lp[1, 0, 5] = lp[1, 1, 7] = lp[1, 2, 0] = 0.0  # sample 1 wrong at its second digit
-    nll, tokens, correct, tok_ok, dig_ok, digits, reward, count = score_batch(lp, y, 0).tolist()
+    nll, tokens, correct, tok_ok, dig_ok, digits, reward, count = Sequences(DataSpec(1, 8, 8, 11, tuple("e123456789") + ("0",), 3, 0)).score_batch(lp, y).tolist()
     assert (tokens, correct, tok_ok, dig_ok, digits, reward, count) == (5, 1, 4, 2, 3, 3, 2)
     assert nll == pytest.approx(10.0)
 
@@ -373,11 +374,9 @@ def test_mc_copies_equal_repeated_images_with_the_context_run_once_per_image(tmp
 
 
 def test_ram_copies_equal_repeated_images():
-    from attn.models.ram import RAM
-
     cfg = load_config(None, ["model.hidden_size=16", "model.what_size=8", "model.where_size=8"])
     torch.manual_seed(0)
-    model = RAM(cfg.model, DataSpec(1, 28, 28, 10, tuple("0123456789"))).eval()
+    model = build_model(cfg.model, DataSpec(1, 28, 28, 10, tuple("0123456789"))).eval()
     x = torch.randn(4, 1, 28, 28)
     a = model(x.repeat(2, 1, 1, 1), generator=torch.Generator().manual_seed(1))
     b = model(x, generator=torch.Generator().manual_seed(1), copies=2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attn.config import ModelConfig, load_config
+from attn.config import load_config, model_config
 from attn.data.base import DataSpec
 from attn.losses import hybrid_loss
 from attn.models import build_model
@@ -29,11 +29,11 @@ TRANSFORMERS = [
 
 def _model(core: dict, **options) -> RAM:
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = model_config(
         core=core, num_glimpses=options.pop("num_glimpses", 5), hidden_size=16, what_size=8, where_size=6,
         retina={"patch_size": 4, "num_scales": 2}, **options,
     )
-    model = RAM(cfg, SPEC).to(F64)
+    model = build_model(cfg, SPEC).to(F64)
     with torch.no_grad():  # u, v and b_g off their initial values, so every term of the cores counts
         for name, p in model.named_parameters():
             if name.endswith((".u", ".v", "b_g")):
@@ -70,11 +70,11 @@ def test_which_models_roll_out_in_two_phases():
     assert not _model({"kind": "rnn"}).two_phase
     assert not _model({"kind": "lstm"}).two_phase
     with pytest.raises(ValueError, match="use_cache"):
-        ModelConfig(core={"kind": "gpt2", "rollout": "two_phase", "use_cache": False})
+        model_config(core={"kind": "gpt2", "rollout": "two_phase", "use_cache": False})
     with pytest.raises(ValueError, match="applies to ram only"):
-        ModelConfig(name="dram", retina={"patch_size": 12}, core={"kind": "gpt2", "rollout": "two_phase"})
+        model_config(name="dram", retina={"patch_size": 12}, core={"kind": "gpt2", "rollout": "two_phase"})
     with pytest.raises(ValueError, match="rollout"):
-        ModelConfig(core={"kind": "lstm", "rollout": "two_phase"})
+        model_config(core={"kind": "lstm", "rollout": "two_phase"})
 
 
 def test_active_dropout_steps_inside_the_graph_and_evaluation_needs_no_second_pass():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn.config import ModelConfig
+from attn.models import build_model
+from attn.config import model_config
 from attn.data.base import DataSpec
 from attn.losses import hybrid_loss
 from attn.models.ram import RAM
@@ -39,7 +40,7 @@ def _run(model: RAM, x, y, hand_written: bool, **kwargs):
 def test_same_episode_loss_and_gradients_as_the_generic_loop(case, policy):
     spec, options, batch = CASES[case]
     torch.manual_seed(0)
-    model = RAM(ModelConfig(**options), spec).double()
+    model = build_model(model_config(**options), spec).double()
     assert model.hand_written  # rnn core, detached routing
     # Scale the weights up so that every ReLU cuts: the routing of gradients through zeros matters.
     with torch.no_grad():
@@ -62,11 +63,11 @@ def test_same_episode_loss_and_gradients_as_the_generic_loop(case, policy):
      ({"core": {"kind": "gpt2"}}, False)],
 )
 def test_which_models_take_the_hand_written_episode(options, expected):
-    assert RAM(ModelConfig(num_glimpses=3, **options), GRAY).hand_written is expected
+    assert build_model(model_config(num_glimpses=3, **options), GRAY).hand_written is expected
 
 
 def test_no_graph_is_kept_without_gradients():
-    model = RAM(ModelConfig(num_glimpses=3, hidden_size=32), GRAY)
+    model = build_model(model_config(num_glimpses=3, hidden_size=32), GRAY)
     with torch.no_grad():
         ep = model(torch.randn(4, 1, 28, 28))
     assert not ep.log_probs.requires_grad and ep.log_probs.grad_fn is None
@@ -75,7 +76,7 @@ def test_no_graph_is_kept_without_gradients():
 def test_autocast_takes_the_loop():
     """The hand-written episode writes into buffers of the input's dtype; under autocast the loop,
     which casts op by op, must run instead (and give the autocast dtype)."""
-    model = RAM(ModelConfig(num_glimpses=3, hidden_size=32), GRAY)
+    model = build_model(model_config(num_glimpses=3, hidden_size=32), GRAY)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ep = model(torch.randn(4, 1, 28, 28))
     assert ep.log_probs.dtype == torch.bfloat16

@@ -8,13 +8,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from attn.config import CoreConfig, ModelConfig, load_config
+from attn.models import build_model
+from attn.config import core_config, load_config, model_config
 from attn.data.base import DataSpec
 from attn.errors import ConfigError
 from attn.losses import hybrid_loss
-from attn.models.cores import SequenceCore, build_core
+from attn.models.build import build_core
+from attn.models.cores import SequenceCore
 from attn.models.cores.gtrxl import GTrXLLayer
-from attn.models.ram import RAM
 
 D, LAYERS, HEADS, T, B, IN = 16, 2, 2, 5, 3, 12
 F64 = torch.float64
@@ -31,7 +32,7 @@ CASES = [
 
 def make_core(kind: str, input_size: int = IN, seed: int = 0, **options) -> SequenceCore:
     torch.manual_seed(seed)
-    cfg = CoreConfig(kind=kind, num_layers=options.pop("num_layers", LAYERS), num_heads=HEADS, **options)
+    cfg = core_config(kind=kind, num_layers=options.pop("num_layers", LAYERS), num_heads=HEADS, **options)
     core = build_core(cfg, input_size, D, max_steps=T).to(F64)
     with torch.no_grad():  # move u, v (and b_g) off their initial values so every term is exercised
         for name, p in core.named_parameters():
@@ -196,7 +197,7 @@ def test_gtrxl_layer_starts_near_the_identity():
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gpt2", "trxl", "gtrxl"])
 def test_gradients_reach_every_parameter(kind):
-    core = make_core(kind) if kind not in ("rnn", "lstm") else build_core(CoreConfig(kind=kind), IN, D).to(F64)
+    core = make_core(kind) if kind not in ("rnn", "lstm") else build_core(core_config(kind=kind), IN, D).to(F64)
     x = inputs()
     out = run_steps(core, x)
     (out * torch.randn_like(out)).sum().backward()
@@ -221,8 +222,8 @@ def test_gpt2_positions_are_checked():
     with pytest.raises(ValueError, match="n_positions"):
         run_steps(core, torch.randn(B, T + 1, IN, dtype=F64))
     with pytest.raises(ConfigError, match="n_positions"):
-        build_core(CoreConfig(kind="gpt2", n_positions=3), D, D, max_steps=4)
-    assert build_core(CoreConfig(kind="gpt2", n_positions=8), D, D, max_steps=4).n_positions == 8
+        build_core(core_config(kind="gpt2", n_positions=3), D, D, max_steps=4)
+    assert build_core(core_config(kind="gpt2", n_positions=8), D, D, max_steps=4).n_positions == 8
     assert len(list(core.gpt2.parameters())) > 0 and core.gpt2.wte is None
 
 
@@ -240,8 +241,8 @@ SPEC = DataSpec(1, 12, 12, 10, tuple("0123456789"))
 )
 def test_ram_end_to_end(core):
     torch.manual_seed(0)
-    cfg = ModelConfig(core=core, num_glimpses=4, hidden_size=16, what_size=8, where_size=8, retina={"patch_size": 4})
-    model = RAM(cfg, SPEC)
+    cfg = model_config(core=core, num_glimpses=4, hidden_size=16, what_size=8, where_size=8, retina={"patch_size": 4})
+    model = build_model(cfg, SPEC)
     images, targets = torch.randn(3, 1, 12, 12), torch.tensor([1, 2, 3])
     episode = model(images)
     assert episode.log_probs.shape == (3, 10) and episode.log_pi.shape == (3, 3)
@@ -255,32 +256,32 @@ def test_ram_end_to_end(core):
 def test_config_errors_name_the_key():
     # The schema refuses a width the heads do not divide when the config is loaded ...
     with pytest.raises(ValidationError, match="num_heads"):
-        ModelConfig(hidden_size=10, core={"kind": "gpt2", "num_heads": 3})
+        model_config(hidden_size=10, core={"kind": "gpt2", "num_heads": 3})
     with pytest.raises(ValidationError, match="num_heads"):
-        ModelConfig(hidden_size=10, core={"kind": "trxl", "num_heads": 3})
+        model_config(hidden_size=10, core={"kind": "trxl", "num_heads": 3})
     # ... and build_core repeats the check for cores built outside a ModelConfig.
     with pytest.raises(ConfigError, match="num_heads"):
-        build_core(CoreConfig(kind="gpt2", num_heads=3), 10, 10)
+        build_core(core_config(kind="gpt2", num_heads=3), 10, 10)
     # trxl/gtrxl may set head_dim explicitly instead
-    build_core(CoreConfig(kind="trxl", num_heads=3, head_dim=4), 10, 10)
+    build_core(core_config(kind="trxl", num_heads=3, head_dim=4), 10, 10)
     with pytest.raises(ConfigError, match="head_dim"):
-        build_core(CoreConfig(kind="gpt2", num_heads=2, head_dim=4), 10, 10)
+        build_core(core_config(kind="gpt2", num_heads=2, head_dim=4), 10, 10)
     with pytest.raises(ValidationError, match="num_layers"):
-        CoreConfig(kind="rnn", num_layers=2)
+        core_config(kind="rnn", num_layers=2)
     with pytest.raises(ValidationError, match="norm"):
-        CoreConfig(kind="trxl", norm="sideways")
+        core_config(kind="trxl", norm="sideways")
     with pytest.raises(ValidationError, match="memory_length"):
-        CoreConfig(kind="gpt2", memory_length=4)
+        core_config(kind="gpt2", memory_length=4)
     with pytest.raises(ValidationError, match="gate_bias"):
-        CoreConfig(kind="trxl", gate_bias=1.0)
+        core_config(kind="trxl", gate_bias=1.0)
     with pytest.raises(ValidationError, match="num_heads"):
-        CoreConfig(kind="gtrxl", num_heads=0)
+        core_config(kind="gtrxl", num_heads=0)
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.core.kind=gpt2", "model.core.memory_length=3"])
     assert "model.core" in str(err.value) and "memory_length" in str(err.value) and "\n" not in str(err.value)
     # a full round trip (as checkpoints store it) stays valid
-    cfg = CoreConfig(kind="gtrxl", num_layers=2, memory_length=0, gate_bias=1.0)
-    assert CoreConfig.model_validate(cfg.model_dump()) == cfg
+    cfg = core_config(kind="gtrxl", num_layers=2, memory_length=0, gate_bias=1.0)
+    assert core_config(**cfg.model_dump()) == cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def ref_cross_attention(cross, h: torch.Tensor, mem: torch.Tensor) -> torch.Tens
 
 def make_cross_core(kind: str, **options) -> SequenceCore:
     torch.manual_seed(0)
-    cfg = CoreConfig(kind=kind, num_layers=LAYERS, num_heads=HEADS, **options)
+    cfg = core_config(kind=kind, num_layers=LAYERS, num_heads=HEADS, **options)
     return build_core(cfg, IN, D, max_steps=T, cross_attention=True).to(F64)
 
 
@@ -357,4 +358,4 @@ def test_a_core_without_cross_attention_refuses_a_memory_and_recurrent_cores_hav
     with pytest.raises(ValueError, match="cross_attention"):
         core.init_state(B, torch.device("cpu"), F64, memory=memory())
     with pytest.raises(ConfigError, match="no cross-attention"):
-        build_core(CoreConfig(kind="lstm"), IN, D, cross_attention=True)
+        build_core(core_config(kind="lstm"), IN, D, cross_attention=True)

@@ -1,4 +1,5 @@
-"""One training epoch and one evaluation pass, shared by every task and model.
+"""A pass over a split: one training epoch, one evaluation, a split's final scores; the same for
+every task and model (what differs is the task's :class:`~attn.engine.objective.Objective`).
 
 Metrics are accumulated as sums in device tensors and reduced over DDP ranks once at the end of the
 pass, so the printed numbers cover the whole split, not rank 0's shard. Host syncs per batch: a
@@ -14,13 +15,12 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from attn.data.base import IGNORE_INDEX, BatchLoader, TaskData
-from attn.engine.details import EvalDetails
+from attn.data.base import BatchLoader, TaskData
+from attn.engine.objective import EVAL_SUMS, objective_for
+from attn.engine.split_stats import SplitStats
 from attn.errors import TrainingDiverged
-from attn.losses import episode_loss, sequence_outcome
 
 
 def _all_reduce(sums: torch.Tensor) -> torch.Tensor:
@@ -28,13 +28,6 @@ def _all_reduce(sums: torch.Tensor) -> torch.Tensor:
         sums = sums.clone()
         dist.all_reduce(sums)
     return sums
-
-
-def label_slots(labels: torch.Tensor) -> dict:
-    """Model keyword arguments for a label batch: sequence tasks read the batch's longest label."""
-    if labels.ndim == 1:
-        return {}
-    return {"num_slots": max(int((labels >= 0).sum(dim=1).max()), 1)}
 
 
 class NonFiniteGuard:
@@ -111,14 +104,14 @@ def train_epoch(
     guard = nonfinite or NonFiniteGuard(limit=2**62)
     skipped_before = guard.skipped
     model.train()
-    end_token = data.spec.end_token
+    objective = objective_for(data.spec)
     sums = torch.zeros(len(_TRAIN_SUMS) + 1, dtype=torch.float64, device=device)  # + image count
     start = time.perf_counter()
     n_batches = len(loader)
     for i, (images, labels, ids) in enumerate(loader):
         x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
         y = labels.to(device, non_blocking=True)
-        terms = episode_loss(model(x, **label_slots(y)), y, rl_coef, end_token)
+        terms = objective.loss(model(x, **objective.slots(y)), y, rl_coef)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if not guarded_step(model, optimizer, guard, grad_clip):
@@ -156,45 +149,8 @@ def train_epoch(
         workers=world,
         nonfinite_steps=float(guard.skipped - skipped_before),
     )
-    if end_token is not None:
-        out.update(
-            reward=total["reward"] / count,
-            token_accuracy=total["tokens_correct"] / max(total["tokens"], 1.0),
-            glimpses_per_image=total["glimpses"] / count,
-        )
+    out.update(objective.train_extras(total, count))
     return out
-
-
-# Per-pass evaluation sums, in this order.
-_EVAL_SUMS = ("nll", "tokens", "correct", "tokens_correct", "digits_correct", "digits", "reward", "count")
-
-
-def score_batch(log_probs: torch.Tensor, targets: torch.Tensor, end_token: Optional[int]) -> torch.Tensor:
-    """Sums over a batch, in the order of ``_EVAL_SUMS``, of predictions ``log_probs`` against targets.
-
-    Classification: log_probs (B, C), targets (B,). Sequences: log_probs (B, L, C), targets (B, L')
-    padded with IGNORE_INDEX (L' >= L, the slots beyond L padding only). nll sums over label tokens;
-    digits are the tokens other than the end token.
-    """
-    B = targets.shape[0]
-    if end_token is None:
-        nll = F.nll_loss(log_probs, targets, reduction="sum")
-        correct = (log_probs.argmax(-1) == targets).sum().to(nll.dtype)
-        one = torch.tensor(float(B), device=nll.device, dtype=nll.dtype)
-        return torch.stack([nll, one, correct, correct, correct, one, correct, one])
-    y = targets[:, : log_probs.shape[1]]
-    out = sequence_outcome(log_probs.argmax(-1), y, end_token)
-    nll = F.nll_loss(log_probs.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum")
-    digit = out.valid & (y != end_token)
-    parts = [
-        out.valid.sum(),
-        out.correct.sum(),
-        out.token_correct.sum(),
-        (out.token_correct & digit).sum(),
-        digit.sum(),
-        out.reward.sum(),
-    ]
-    return torch.stack([nll] + [t.to(nll.dtype) for t in parts] + [nll.new_tensor(float(B))])
 
 
 @torch.no_grad()
@@ -207,7 +163,7 @@ def evaluate(
     policy: str = "mean",
     mc_samples: int = 1,
     seed: int = 0,
-    details: Optional[EvalDetails] = None,
+    stats: Optional[SplitStats] = None,
 ) -> dict[str, float]:
     """NLL, accuracy and error (%) of ``model`` on ``loader``'s split (deterministic input: centre crops).
 
@@ -220,25 +176,25 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    end_token = data.spec.end_token
+    objective = objective_for(data.spec)
     generator = torch.Generator(device=device).manual_seed(seed + 7919 * loader.rank)
-    sums = torch.zeros(len(_EVAL_SUMS), dtype=torch.float64, device=device)
+    sums = torch.zeros(len(EVAL_SUMS), dtype=torch.float64, device=device)
     for images, labels, ids in loader:
         x = data.model_input(images.to(device), train=False, ids=ids)
         y = labels.to(device)
         m = mc_samples if policy == "sample" else 1
         # copies=m: the model repeats the images itself, so a context network runs once per image
-        episode = model(x, policy=policy, generator=generator, copies=m, **label_slots(y))
+        episode = model(x, policy=policy, generator=generator, copies=m, **objective.slots(y))
         log_probs = episode.log_probs
-        if details is not None and m == 1:
-            details.add(episode.locations, log_probs, y)
+        if stats is not None and m == 1:
+            stats.add(episode.locations, log_probs, y)
         if m > 1:
             log_probs = log_probs.view(m, x.shape[0], *log_probs.shape[1:]).mean(0)
-        sums += score_batch(log_probs, y, end_token).to(sums.dtype)
+        sums += objective.score_batch(log_probs, y).to(sums.dtype)
     model.train(was_training)
-    if details is not None:
-        details.reduce()
-    total = dict(zip(_EVAL_SUMS, _all_reduce(sums).tolist()))
+    if stats is not None:
+        stats.reduce()
+    total = dict(zip(EVAL_SUMS, _all_reduce(sums).tolist()))
     count = max(total["count"], 1.0)
     acc = total["correct"] / count
     out = {
@@ -247,12 +203,7 @@ def evaluate(
         "error": 100.0 * (1.0 - acc),
         "count": total["count"],
     }
-    if end_token is not None:
-        out.update(
-            token_accuracy=total["tokens_correct"] / max(total["tokens"], 1.0),
-            digit_accuracy=total["digits_correct"] / max(total["digits"], 1.0),
-            reward=total["reward"] / count,
-        )
+    out.update(objective.eval_extras(total, count))
     return out
 
 
@@ -265,15 +216,15 @@ def score_split(
     prefix: str,
     mc_samples: int,
     seed: int = 0,
-    details: Optional[EvalDetails] = None,
+    stats: Optional[SplitStats] = None,
     single_sample: bool = False,
 ) -> dict[str, float]:
     """A split's final scores, as training runs and ``run.py eval`` log them: ``{prefix}_error`` and
-    ``_nll`` by the mean policy (filling ``details``), ``{prefix}_error_mc`` from ``mc_samples`` sampled
+    ``_nll`` by the mean policy (filling ``stats``), ``{prefix}_error_mc`` from ``mc_samples`` sampled
     episodes averaged, ``_error_sample`` from one sampled episode (if ``single_sample``), the
     sequence scores of both (``_token_accuracy``, ``_token_accuracy_mc``, ...), ``_mc_samples`` and
     ``_images``."""
-    mean = evaluate(model, loader, data, device=device, policy="mean", seed=seed, details=details)
+    mean = evaluate(model, loader, data, device=device, policy="mean", seed=seed, stats=stats)
     mc = evaluate(model, loader, data, device=device, policy="sample", mc_samples=mc_samples, seed=seed)
     scores = {f"{prefix}_error": mean["error"], f"{prefix}_nll": mean["nll"]}
     if single_sample:
@@ -282,8 +233,7 @@ def score_split(
     scores[f"{prefix}_error_mc"] = mc["error"]
     scores[f"{prefix}_mc_samples"] = mc_samples
     scores[f"{prefix}_images"] = mean["count"]
-    for k in ("token_accuracy", "digit_accuracy", "reward"):
-        if k in mean:
-            scores[f"{prefix}_{k}"] = mean[k]
-            scores[f"{prefix}_{k}_mc"] = mc[k]
+    for k in objective_for(data.spec).extra_scores:
+        scores[f"{prefix}_{k}"] = mean[k]
+        scores[f"{prefix}_{k}_mc"] = mc[k]
     return scores

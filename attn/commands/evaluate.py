@@ -24,9 +24,10 @@ import yaml
 from attn.config import ExperimentConfig, apply_overrides, dump_config, validate_config
 from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import architecture_differences
-from attn.engine.details import EvalDetails
-from attn.engine.loop import score_split
+from attn.engine.objective import objective_for
+from attn.engine.passes import score_split
 from attn.engine.pictures import Pictures
+from attn.engine.split_stats import SplitStats
 from attn.errors import CheckpointError, ConfigError
 from attn.models import build_model
 from attn.sources import load_source
@@ -63,17 +64,16 @@ def run_eval(
     experiment: Optional[str] = None,
     log=print,
 ) -> EvalResult:
-    from attn.distributed.driver import _absolute_data_paths
-    from attn.tracking import MlflowTracker, end_run, ensure_experiment, start_run
+    from attn.distributed.lifecycle import absolute_data_paths, tracked
+    from attn.tracking import ensure_experiment, get_run, start_run
 
     weights = load_source(source, tracking_uri)
     cfg = build_config(weights.config_yaml, list(overrides or []), weights.label)
     if mc_samples is not None:
         cfg.eval.mc_samples = mc_samples
-    _absolute_data_paths(cfg)
+    absolute_data_paths(cfg)
     torch.manual_seed(cfg.train.seed)
     data = build_data(cfg.data)
-    device = torch.device("cpu")
     model = build_model(cfg.model, data.spec, (data.mean, data.std))
     try:
         model.load_state_dict(weights.state)
@@ -82,9 +82,6 @@ def run_eval(
     chosen = data.test if split == "test" else data.val
     if len(chosen) == 0:
         raise ConfigError(f"--split {split}: that split of {cfg.data.task} is empty (data.val_fraction = 0?)")
-    loader = BatchLoader(chosen, cfg.eval.batch_size, shuffle=False)
-    seed, m = cfg.eval.seed, cfg.eval.mc_samples
-
     if experiment:
         exp_id = ensure_experiment(tracking_uri, experiment)
     elif weights.experiment_id is not None and weights.run_id is not None:
@@ -94,44 +91,47 @@ def run_eval(
     source_name = weights.label
     tags = {"attn.kind": "eval", "attn.source": source, "attn.eval_split": split}
     if weights.run_id:
-        from mlflow.tracking import MlflowClient
-
-        source_run = MlflowClient(tracking_uri=tracking_uri).get_run(weights.run_id)
-        source_name = source_run.info.run_name or weights.run_id
+        source_name = get_run(tracking_uri, weights.run_id).name
         tags["attn.source_run_id"] = weights.run_id
-    run_name = f"eval-{source_name}-{split}"
-    run_id = start_run(tracking_uri, exp_id, cfg, run_name, extra_tags=tags)
     link = (
         f"[{source_name}](#/experiments/{weights.experiment_id}/runs/{weights.run_id})"
         if weights.run_id and weights.experiment_id else f"`{source}`"
     )
-    tracker = MlflowTracker(tracking_uri, run_id, retry_timeout_s=cfg.tracking.retry_timeout_s, log=log)
-    status = "FAILED"
-    try:
-        t0 = time.perf_counter()
-        details = EvalDetails(data.spec, device)
-        metrics = score_split(
-            model, loader, data, device=device, prefix=split, mc_samples=m, seed=seed, details=details
-        )
-        metrics["eval_time_s"] = time.perf_counter() - t0
-        tracker.log_metrics(metrics, step=0)
-        pictures = Pictures(cfg, data, device, split=split)
-        pictures.episodes(model, "final", tracker)
-        pictures.analysis(details, tracker, step=0, prefix=split)
-        what = "sequence error" if data.spec.is_sequence else "error"
-        summary = (
-            f"{split} {what} {metrics[f'{split}_error']:.2f}% (mean policy), "
-            f"{metrics[f'{split}_error_mc']:.2f}% ({m} samples averaged)"
-        )
-        tracker.set_tag("result.summary", summary)
-        tracker.set_tag(
-            "mlflow.note.content",
-            f"Evaluation of {link} on the {split} split ({int(metrics[f'{split}_images'])} images), "
-            f"weights from `{source}`.",
-        )
-        tracker.close()
-        status = "FINISHED"
-        log(f"{weights.label}: {summary}")
-        return EvalResult(metrics, run_id, tracking_uri, weights.run_id)
-    finally:
-        end_run(tracking_uri, run_id, status)
+    with tracked(tracking_uri) as run:
+        run.run_id = start_run(tracking_uri, exp_id, cfg, f"eval-{source_name}-{split}", extra_tags=tags)
+        metrics, summary = _score_and_record(cfg, model, data, chosen, split, run.run_id, tracking_uri, link, source, log)
+        run.status = "FINISHED"
+    log(f"{weights.label}: {summary}")
+    return EvalResult(metrics, run.run_id, tracking_uri, weights.run_id)
+
+
+def _score_and_record(cfg, model, data, chosen, split: str, run_id: str, uri: str, link: str, source: str, log):
+    """Score ``chosen`` (a split of ``data``) and write metrics, pictures, tables and the description
+    into MLflow run ``run_id``; returns (metrics, one-line summary)."""
+    from attn.tracking import MlflowTracker
+
+    device = torch.device("cpu")
+    loader = BatchLoader(chosen, cfg.eval.batch_size, shuffle=False)
+    tracker = MlflowTracker(uri, run_id, retry_timeout_s=cfg.tracking.retry_timeout_s, log=log)
+    t0 = time.perf_counter()
+    stats = SplitStats(data.spec, device)
+    m = cfg.eval.mc_samples
+    metrics = score_split(model, loader, data, device=device, prefix=split, mc_samples=m, seed=cfg.eval.seed,
+                          stats=stats)
+    metrics["eval_time_s"] = time.perf_counter() - t0
+    tracker.log_metrics(metrics, step=0)
+    pictures = Pictures(cfg, data, device, split=split)
+    pictures.episodes(model, "final", tracker)
+    pictures.analysis(stats, tracker, step=0, prefix=split)
+    what = objective_for(data.spec).error_name
+    summary = (
+        f"{split} {what} {metrics[f'{split}_error']:.2f}% (mean policy), "
+        f"{metrics[f'{split}_error_mc']:.2f}% ({m} samples averaged)"
+    )
+    tracker.set_tag("result.summary", summary)
+    tracker.set_tag(
+        "mlflow.note.content",
+        f"Evaluation of {link} on the {split} split ({int(metrics[f'{split}_images'])} images), weights from `{source}`.",
+    )
+    tracker.close()
+    return metrics, summary
