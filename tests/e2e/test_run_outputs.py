@@ -158,7 +158,7 @@ def test_mlflow_ui_shows_the_glimpse_picture_in_a_browser(trained, tmp_path):
 
             browser.get(f"{uri}/#/experiments")
             click(text("Model training"))  # MLflow 3 opens on its GenAI pages
-            click(f"//a[normalize-space(.)='mnist_ram']")
+            click("//a[normalize-space(.)='mnist_ram']")
             click(f"//a[normalize-space(.)='{run.info.run_name}']")
             click("//*[@role='tab'][normalize-space(.)='Artifacts']")
             for name in ("glimpses", "final", "grid.png"):

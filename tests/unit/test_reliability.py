@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import pytest
 import torch
 
 from attn.config import load_config
 from attn.data import BatchLoader, build_data
-from attn.engine.loop import NonFiniteGuard, train_epoch
+from attn.engine.passes import NonFiniteGuard, train_epoch
 from attn.engine.optim import build_optimizer
 from attn.errors import TrainingDiverged, TrackingError
 from attn.models import build_model

@@ -38,10 +38,11 @@ def cache_key(cfg, task: str, root: Path, files: Sequence[ImageFile]) -> CacheKe
 
 
 def _cached(path: Path, key: CacheKey):
-    """The cached images at ``path`` if they were decoded from the same listing, else None."""
+    """The cached images at ``path`` if they were decoded from the same listing, else None. (The
+    options are in the file name: only the listing is stored.)"""
     try:
         with np.load(path, allow_pickle=False) as z:
-            if key.matches({"listing": str(z["source"])}):
+            if not key.source_changes({"listing": str(z["source"])}):
                 return z["images"]
     except (OSError, ValueError, KeyError, EOFError):
         pass  # unreadable or partial: rebuilt

@@ -183,28 +183,48 @@ def _batch_size(n_train: int) -> int:
 def experiment_yaml(summary: Summary, data_dir: str, path: str = "experiments/my_data.yaml") -> str:
     """A commented experiment file for ``summary``'s folder (``data_dir`` written as given; ``path``:
     where it will be, for the comments)."""
-    name = Path(path).stem
     H, W = suggest_size(summary)
     model = "ram" if summary.task == "image_folder" else "dram"
     g, k, glimpses = suggest_retina(max(H, W), model)
-    kinds = summary.kinds
-    color = kinds.most_common(1)[0][0] if kinds else "gray"
-    mixed = len(kinds) > 1
     cpus = max(1, min(2, os.cpu_count() or 1))
-    n_train = summary.train_count
-    missing = [s for s in ("val", "test") if s not in summary.layout]
-    per = " per class" if summary.task == "image_folder" else ""
-    source = "train/" if summary.layout else "the pool"
+    rest = [
+        "eval:",
+        "  mc_samples: 10",
+        "ray:",
+        "  num_workers: 1",
+        f"  cpus_per_worker: {cpus}",
+        "  gpus_per_worker: 0     # 1: train on a GPU",
+    ]
+    lines = (
+        _header_lines(summary, model, path)
+        + _data_lines(summary, data_dir, H, W)
+        + _model_lines(model, g, k, glimpses, H, W)
+        + _train_lines(model, summary.train_count)
+        + rest
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(summary: Summary, model: str, path: str) -> list[str]:
     what = (
         f"{len(summary.classes)} classes" if summary.task == "image_folder"
         else f"label sequences of up to {summary.longest_label} tokens over {len(summary.vocabulary)} tokens"
     )
+    name = Path(path).stem
     header = [f"# {name}: {model.upper()} on your own images ({what}); made by `python run.py init-experiment`."]
     header += ["# What the folder held:"] + [f"#   {line.rstrip()}" for line in summary.lines()]
-    header += [
+    return header + [
         f"# Train: python run.py {path} [key=value ...]",
         "# Every key: docs/configuration.md; your own data: docs/data.md.",
     ]
+
+
+def _data_lines(summary: Summary, data_dir: str, H: int, W: int) -> list[str]:
+    kinds = summary.kinds
+    color = kinds.most_common(1)[0][0] if kinds else "gray"
+    missing = [s for s in ("val", "test") if s not in summary.layout]
+    per = " per class" if summary.task == "image_folder" else ""
+    source = "train/" if summary.layout else "the pool"
     d = ["data:", f"  task: {summary.task}"]
     d.append(f"  data_dir: {_quote(data_dir)}    # relative paths are read from $ATTN_DATA_ROOT if set, else the current folder")
     for s in missing:
@@ -220,17 +240,20 @@ def experiment_yaml(summary: Summary, data_dir: str, path: str = "experiments/my
         d.append("  resize: fit            # fit: scale to fit, keep the aspect ratio, centre; pad: keep the scale; stretch")
     d.append("  pad_fill: 0            # grey level of the padding")
     d.append(f"  color: {color}            # {'1 channel' if color == 'gray' else '3 channels'} fed to the model")
-    if mixed:
+    if len(kinds) > 1:
         d.append(f"  convert: true          # the folder mixes gray and colour images: convert them all to {color}")
     if summary.task == "image_sequences":
         d.append(f"  max_length: {summary.longest_label}          # the longest label (tokens); longer ones would be skipped")
-    d.append("  # mean / std: computed once from the training split (cached) unless given here")
-    m = ["model:", f"  name: {model}"]
+    return d + ["  # mean / std: computed once from the training split (cached) unless given here"]
+
+
+def _model_lines(model: str, g: int, k: int, glimpses: int, H: int, W: int) -> list[str]:
     largest = g * 2 ** (k - 1)
     sizes = f"one {g} px patch" if k == 1 else f"{k} patches of {g} to {largest} px"
+    m = ["model:", f"  name: {model}"]
     m.append(f"  retina: {{patch_size: {g}, num_scales: {k}, scale: 2.0}}   # {sizes} per glimpse on a {H}x{W} image")
     if model == "ram":
-        m += [
+        return m + [
             "  what_size: 128",
             "  where_size: 128",
             "  hidden_size: 256",
@@ -238,15 +261,17 @@ def experiment_yaml(summary: Summary, data_dir: str, path: str = "experiments/my
             f"  num_glimpses: {glimpses}",
             "  policy_std: 0.15       # the most sensitive hyper-parameter (in [-1, 1] units; see docs/results.md)",
         ]
-    else:
-        m += [
-            "  hidden_size: 256",
-            "  core: {kind: lstm}",
-            f"  glimpses_per_digit: {glimpses}  # glimpses per label token",
-            "  context: {kind: cnn}   # reads the whole image once, sets the first glimpse",
-            "  glimpse_color: gray    # rgb: colour glimpses (needs data.color: rgb)",
-            "  policy_std: 0.05       # the most sensitive hyper-parameter (in [-1, 1] units)",
-        ]
+    return m + [
+        "  hidden_size: 256",
+        "  core: {kind: lstm}",
+        f"  glimpses_per_digit: {glimpses}  # glimpses per label token",
+        "  context: {kind: cnn}   # reads the whole image once, sets the first glimpse",
+        "  glimpse_color: gray    # rgb: colour glimpses (needs data.color: rgb)",
+        "  policy_std: 0.05       # the most sensitive hyper-parameter (in [-1, 1] units)",
+    ]
+
+
+def _train_lines(model: str, n_train: int) -> list[str]:
     t = [
         "train:",
         "  epochs: 100",
@@ -259,16 +284,7 @@ def experiment_yaml(summary: Summary, data_dir: str, path: str = "experiments/my
     ]
     if model == "dram":
         t.append("  grad_clip: 10.0")
-    t.append("  seed: 1")
-    rest = [
-        "eval:",
-        "  mc_samples: 10",
-        "ray:",
-        "  num_workers: 1",
-        f"  cpus_per_worker: {cpus}",
-        "  gpus_per_worker: 0     # 1: train on a GPU",
-    ]
-    return "\n".join(header + d + m + t + rest) + "\n"
+    return t + ["  seed: 1"]
 
 
 def _quote(text: str) -> str:

@@ -19,6 +19,7 @@ from attn.data.own_images.labels import END_NAME, END_TOKEN, encode_labels
 from attn.data.own_images.listing import SPLITS, cache_folder, data_root, list_image_folder, list_sequences, listing_digest
 from attn.data.own_images.splits import assign_splits
 from attn.data.own_images.statistics import normalisation
+from attn.errors import DataError
 
 
 def _split(images: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> Split:

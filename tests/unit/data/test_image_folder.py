@@ -12,7 +12,6 @@ Class folders are named by words ("zero" .. "nine"), so their sorted order diffe
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -150,7 +149,7 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, mnist, monkey
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache matches")
 
-    monkeypatch.setattr(imf, "_decode_all", no_decoding)
+    monkeypatch.setattr("attn.data.own_images.cache.decode_all", no_decoding)
     cached = build_data(cfg)
     assert np.array_equal(cached.train.images.numpy(), first.train.images.numpy())
     assert (cached.mean, cached.std) == (first.mean, first.std)
