@@ -153,7 +153,9 @@ def _drop_idle_keys(raw: dict[str, Any], node: Any = None, prefix: str = "") -> 
         _drop_idle_keys(raw, value, f"{section}.")  # inner sections first: their idle keys go before this one is judged
         if section in UNIONS:
             selector, variants = UNIONS[section]
-            chosen = variants.get(_selector_value(section, value, raw))
+            selected = _selector_value(section, value, raw)
+            # a selector that is not a name (a list, a number) is left for validation to refuse
+            chosen = variants.get(selected) if isinstance(selected, str) else None
             if chosen is not None:
                 for key in [k for k in value if k not in chosen.model_fields]:
                     owners = [cls for cls in variants.values() if key in cls.model_fields]

@@ -58,6 +58,7 @@ CASES = [
     ("wrong-type", lambda t: [str(EXPERIMENT), "train.epochs=many"], 2, "train.epochs"),
     ("out-of-range", lambda t: [str(EXPERIMENT), "train.lr=-1"], 2, "train.lr"),
     ("bad-choice", lambda t: [str(EXPERIMENT), "model.core.kind=gru"], 2, "model.core.kind"),
+    ("task-not-a-name", lambda t: [_yaml(t, "data: {task: [1], val_fraction: 0.1}\n")], 2, "'data.task' = '[1]' is invalid"),
     ("override-syntax", lambda t: [str(EXPERIMENT), "train.lr"], 2, "train.lr"),
     ("value-not-section", lambda t: [str(EXPERIMENT), "train.lr.x=1"], 2, "train.lr"),
     ("dram-on-mnist", lambda t: [str(EXPERIMENT), "model.name=dram", "model.retina.patch_size=12"], 2, "model.name = 'dram'"),
