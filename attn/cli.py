@@ -86,6 +86,7 @@ def _prepare(argv: list[str]) -> int:
     if argv and argv[0] == "multinumber":
         return _prepare_multinumber(argv[1:])
     from attn.data.svhn import DEFAULT_URL
+    from attn.data.tasks import PREPARE_DATASETS
 
     p = argparse.ArgumentParser(
         prog="run.py prepare",
@@ -95,7 +96,7 @@ def _prepare(argv: list[str]) -> int:
             "data.data_dir=DIR. multinumber: see `run.py prepare multinumber --help`."
         ),
     )
-    p.add_argument("dataset", choices=["svhn", "multinumber"], help="the dataset to prepare")
+    p.add_argument("dataset", choices=list(PREPARE_DATASETS), help="the dataset to prepare")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to fill (created if missing)")
     p.add_argument("--url", default=DEFAULT_URL, metavar="BASE_URL", help=f"where the archives are ({DEFAULT_URL})")
     p.add_argument("--no-extra", action="store_true", help="skip extra/ (1.3 GB; train with data.use_extra=false)")

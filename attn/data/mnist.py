@@ -91,3 +91,8 @@ def load_mnist(
         mean=mean,
         std=std,
     )
+
+
+def load_mnist_task(cfg) -> TaskData:
+    """:func:`load_mnist` with the options of the ``data`` section ``cfg`` (task ``mnist``)."""
+    return load_mnist(cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std)
