@@ -12,17 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from attn.config.data import (
-    ClutteredData,
-    DataBase,
-    ImageFolderData,
-    ImageSequencesData,
-    MnistData,
-    MultinumberData,
-    SvhnBackgroundData,
-    SvhnData,
-    TranslatedData,
-)
+from attn.config.data import DATA_VARIANTS, DataBase
 from attn.data.base import TaskData
 
 
@@ -33,15 +23,18 @@ def _resolve(ref: str) -> Callable:
 
 @dataclass(frozen=True)
 class Task:
-    """One task: ``section`` is its variant of the ``data`` section (chosen by ``data.task``);
-    ``loader`` and ``checker`` are ``"module:function"`` references; ``prepare`` is the dataset name
-    of ``run.py prepare`` that makes its folder, None when the data need no preparing."""
+    """One task: ``loader`` and ``checker`` are ``"module:function"`` references; ``prepare`` is the
+    dataset name of ``run.py prepare`` that makes its folder, None when the data need no preparing."""
 
     name: str
-    section: type[DataBase]
     loader: str
     checker: Optional[str] = None
     prepare: Optional[str] = None
+
+    @property
+    def section(self) -> type[DataBase]:
+        """The task's variant of the ``data`` section, the one ``data.task`` selects."""
+        return DATA_VARIANTS[self.name]
 
     def load(self, cfg: DataBase) -> TaskData:
         """The task's splits, before the subset caps and normalisation defaults of ``build_data``."""
@@ -59,20 +52,20 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("mnist", MnistData, "attn.data.mnist:load_mnist_task"),
-        Task("mnist_translated", TranslatedData, "attn.data.mnist_variants:load_mnist_variant"),
-        Task("mnist_cluttered", ClutteredData, "attn.data.mnist_variants:load_mnist_variant"),
-        Task("svhn", SvhnData, "attn.data.svhn:load_svhn", "attn.data.svhn:check_svhn", prepare="svhn"),
+        Task("mnist", "attn.data.mnist:load_mnist_task"),
+        Task("mnist_translated", "attn.data.mnist_variants:load_mnist_variant"),
+        Task("mnist_cluttered", "attn.data.mnist_variants:load_mnist_variant"),
+        Task("svhn", "attn.data.svhn:load_svhn", "attn.data.svhn:check_svhn", prepare="svhn"),
         Task(
-            "svhn_background", SvhnBackgroundData, "attn.data.svhn:load_svhn", "attn.data.svhn:check_svhn",
+            "svhn_background", "attn.data.svhn:load_svhn", "attn.data.svhn:check_svhn",
             prepare="svhn",
         ),
         Task(
-            "multinumber", MultinumberData, "attn.data.multinumber:load_multinumber",
+            "multinumber", "attn.data.multinumber:load_multinumber",
             "attn.data.multinumber:check_multinumber", prepare="multinumber",
         ),
-        Task("image_folder", ImageFolderData, "attn.data.own_images:load_image_folder"),
-        Task("image_sequences", ImageSequencesData, "attn.data.own_images:load_image_sequences"),
+        Task("image_folder", "attn.data.own_images:load_image_folder"),
+        Task("image_sequences", "attn.data.own_images:load_image_sequences"),
     )
 }
 """data.task -> its task; the same names as :data:`attn.config.data.DATA_VARIANTS` (a test holds them equal)."""
