@@ -114,12 +114,10 @@ def _union(section: str) -> str:
         names.setdefault(cls, []).append(name)
     classes = list(names)
     shared = [k for k in classes[0].model_fields if k != selector and all(k in c.model_fields for c in classes)]
-    described = [c.model_fields[selector] for c in classes[0].__mro__ if getattr(c, "__annotations__", {}).get(selector)]
-    selector_info = next((f for f in described if f.description), classes[0].model_fields[selector])
     out = [f"\n## `{section}`\n\n", _section_doc(classes[0]),
            f"`{section}.{selector}` chooses the variant; the keys below the first table belong to one variant each.\n\n"]
     choose = (f"{section}.{selector}", " \\| ".join(f"`{n}`" for n in variants), f"`{_selector_default(section)}`", "",
-              " ".join((selector_info.description or "").split()))
+              _selector_description(section))
     out.append(_table([choose, *_rows(_only(classes[0], shared), section)]))
     nested = [f"{section}.{k}" for c in classes for k in c.model_fields if f"{section}.{k}" in UNIONS]
     for cls, tags in names.items():
@@ -133,6 +131,51 @@ def _union(section: str) -> str:
     for inner in dict.fromkeys(nested):
         out.append(_union(inner))
     return "".join(out)
+
+
+def _selector_description(section: str) -> str:
+    """The description of the key that chooses ``section``'s variant (declared on a shared base class)."""
+    selector, variants = UNIONS[section]
+    first = next(iter(variants.values()))
+    described = [c.model_fields[selector] for c in first.__mro__ if getattr(c, "__annotations__", {}).get(selector)]
+    info = next((f for f in described if f.description), first.model_fields[selector])
+    return " ".join((info.description or "").split())
+
+
+def _variant_rows(section: str) -> list[tuple[str, str, str, str, str]]:
+    """:func:`key_rows` of a variant section: the selector, then each key once, with the variants that
+    have it (nested variant sections follow)."""
+    selector, variants = UNIONS[section]
+    choose = f"{section}.{selector}"
+    found: dict[str, tuple[str, set[str], str]] = {}
+    owners: dict[str, list[str]] = {}
+    nested: list[str] = []
+    for tag, cls in variants.items():
+        for key, type_name, default, _, what in _rows(cls, section):
+            if key != choose:
+                found.setdefault(key, (type_name, set(), what))[1].add(default)
+                owners.setdefault(key, []).append(tag)
+        nested += [f"{section}.{k}" for k in cls.model_fields if f"{section}.{k}" in UNIONS]
+    rows = [(choose, " | ".join(variants), _selector_default(section), _selector_description(section), "")]
+    for key, (type_name, defaults, what) in found.items():
+        where = "" if len(owners[key]) == len(variants) else f"{choose}: {', '.join(owners[key])}"
+        default = next(iter(defaults)) if len(defaults) == 1 else f"depends on {choose}"
+        rows.append((key, type_name, default, what, where))
+    for inner in dict.fromkeys(nested):
+        rows += _variant_rows(inner)
+    return rows
+
+
+def key_rows() -> list[tuple[str, str, str, str, str]]:
+    """(key, type, default, description, where) of every key of every section and variant, in the
+    reference's order; ``where`` names the variants a key belongs to ('' when all have it)."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    for name, info in ExperimentConfig.model_fields.items():
+        if name in UNIONS:
+            rows += _variant_rows(name)
+        else:
+            rows += [(k, t, d, w, "") for k, t, d, _, w in _rows(_inner_model(info.annotation), name)]
+    return rows
 
 
 def _selector_default(section: str) -> str:

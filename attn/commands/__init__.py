@@ -1,5 +1,4 @@
-"""What the commands of ``run.py`` do beyond training (``attn.cli`` parses them):
-
-- :mod:`attn.commands.evaluate`: ``run.py eval SOURCE``, score trained weights and record it in MLflow;
-- :mod:`attn.commands.show`: ``run.py show RUN_ID``, fetch a run's pictures and summary.
+"""What each command of ``run.py`` does (``attn.cli`` parses them and turns errors into one line):
+``train`` (one run or a sweep), ``evaluate`` (eval), ``show``, ``curves``, ``prepare``,
+``init_experiment`` and ``config``; ``store`` resolves the ``--tracking-uri`` of those that read runs.
 """

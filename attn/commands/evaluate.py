@@ -135,3 +135,20 @@ def _score_and_record(cfg, model, data, chosen, split: str, run_id: str, uri: st
     )
     tracker.close()
     return metrics, summary
+
+
+def evaluate(args) -> int:
+    """The ``run.py eval`` command: score, record, print the ``done:`` line."""
+    from attn.commands.store import checked_store
+
+    uri = checked_store(args.tracking_uri, must_exist=False)
+    result = run_eval(
+        args.source, tracking_uri=uri, split=args.split, mc_samples=args.mc, overrides=args.overrides,
+        experiment=args.experiment,
+    )
+    m, s = result.metrics, args.split
+    print(
+        f"done: {s} error {m[f'{s}_error']:.2f}% (mean policy), {m[f'{s}_error_mc']:.2f}% "
+        f"({int(m[f'{s}_mc_samples'])} samples) | MLflow run {result.run_id} in {result.tracking_uri}"
+    )
+    return 0

@@ -85,3 +85,14 @@ def show_run(uri: str, run_id: str, dest: Optional[Path] = None) -> tuple[Path, 
     text = "\n".join(lines) + "\n"
     (dest / "summary.md").write_text(text)
     return dest, text
+
+
+def show(args) -> int:
+    """The ``run.py show`` command: fetch, write ``summary.md``, print it."""
+    from attn.commands.store import checked_store
+
+    uri = checked_store(args.tracking_uri, must_exist=True)
+    dest, text = show_run(uri, args.run_id, Path(args.to) if args.to else None)
+    print(text, end="")
+    print(f"done: {dest}")
+    return 0

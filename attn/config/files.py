@@ -68,8 +68,12 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the experiment file ({exc})") from None
-    if raw is None:
-        return {}
+    if raw is None or raw == {}:
+        # an empty file (or one whose lines are all commented out) would silently train the defaults
+        raise ConfigError(
+            f"{path}: the experiment file is empty; give at least one section (data, model, train, ...) "
+            "or start from a shipped one, e.g. experiments/mnist_ram.yaml"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
     if "base" in raw:
