@@ -104,7 +104,10 @@ class Sequences(Objective):
     extra_scores = ("token_accuracy", "digit_accuracy", "reward")
 
     def slots(self, labels):
-        return {"num_slots": max(int((labels >= 0).sum(dim=1).max()), 1)}
+        """The batch's longest label (at least 1 slot), read from the host copy of the labels (numpy,
+        so that training never waits on the device for it)."""
+        valid = labels.numpy() >= 0 if labels.device.type == "cpu" else (labels >= 0).cpu().numpy()
+        return {"num_slots": max(int(valid.sum(axis=1).max()), 1)}
 
     def all_slots(self):
         return {"num_slots": self.spec.max_tokens}

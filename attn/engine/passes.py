@@ -2,9 +2,10 @@
 every task and model (what differs is the task's :class:`~attn.engine.objective.Objective`).
 
 Metrics are accumulated as sums in device tensors and reduced over DDP ranks once at the end of the
-pass, so the printed numbers cover the whole split, not rank 0's shard. Host syncs per batch: a
-sequence batch's longest label (how many slots to run), and whether the gradient norm is finite
-(whether to take the step).
+pass, so the printed numbers cover the whole split, not rank 0's shard. A training step never reads
+a device value on the host: a sequence batch's slot count comes from the labels before they move to
+the device, and a non-finite step is skipped on the device (:class:`NonFiniteGuard`); the sums are
+read once, at the end of the pass (tests/unit/engine/test_host_syncs.py counts the reads).
 """
 
 from __future__ import annotations
@@ -31,28 +32,56 @@ def _all_reduce(sums: torch.Tensor) -> torch.Tensor:
 
 
 class NonFiniteGuard:
-    """Skips steps whose gradient norm is NaN/inf and stops after ``limit`` of them in a row.
+    """Skips steps whose gradient norm is NaN/inf and stops once ``limit`` of them came in a row.
 
     The norm is taken after DDP has averaged the gradients, so every rank sees the same value and
     skips the same steps (the replicas stay identical); a non-finite loss gives a non-finite gradient.
+    The decision never waits for the host: the optimizer's fused kernel skips the update when its
+    ``found_inf`` is set (as ``torch.amp.GradScaler`` does), and the counters are device tensors that
+    :meth:`check` reads every ``check_every`` steps and at the end of each pass; a run of bad steps is
+    therefore stopped at most min(``check_every``, ``limit``) steps after it reached ``limit``. Optimizers without a
+    fused kernel fall back to a host decision per step.
     """
 
-    def __init__(self, limit: int):
-        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+    def __init__(self, limit: int, check_every: int = 50):
+        self.limit, self.check_every = limit, max(1, min(check_every, limit))
+        self._in_a_row: Optional[torch.Tensor] = None  # () int64: bad steps since the last good one
+        self._worst: Optional[torch.Tensor] = None  # () int64: the longest such run so far
+        self._skipped: Optional[torch.Tensor] = None  # () int64: every skipped step
+        self._since_check = 0
 
-    def step_ok(self, grad_norm: torch.Tensor) -> bool:
-        if bool(torch.isfinite(grad_norm)):
-            self.in_a_row = 0
-            return True
-        self.in_a_row += 1
-        self.skipped += 1
-        if self.in_a_row >= self.limit:
+    def observe(self, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Count this step; returns found_inf, a () float tensor: 1.0 when the step must be skipped."""
+        bad = ~torch.isfinite(grad_norm)
+        if self._in_a_row is None:
+            self._in_a_row, self._worst, self._skipped = (torch.zeros((), dtype=torch.int64, device=bad.device)
+                                                          for _ in range(3))
+        self._in_a_row = torch.where(bad, self._in_a_row + 1, 0)
+        self._worst = torch.maximum(self._worst, self._in_a_row)
+        self._skipped = self._skipped + bad
+        self._since_check += 1
+        if self._since_check >= self.check_every:
+            self.check()
+        return bad.to(torch.float32)
+
+    def check(self) -> None:
+        """Raise if ``limit`` bad steps came in a row (one read of the device counters)."""
+        self._since_check = 0
+        worst = 0 if self._worst is None else int(self._worst)
+        if worst >= self.limit:
             raise TrainingDiverged(
-                f"{self.in_a_row} training steps in a row had a non-finite loss or gradient "
+                f"{worst} training steps in a row had a non-finite loss or gradient "
                 f"(train.max_nonfinite_steps = {self.limit}); the last good checkpoint is kept: lower train.lr, "
                 "set train.grad_clip, then continue with --resume"
             )
-        return False
+
+    @property
+    def skipped(self) -> int:
+        return 0 if self._skipped is None else int(self._skipped)
+
+    @property
+    def in_a_row(self) -> int:
+        return 0 if self._in_a_row is None else int(self._in_a_row)
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
@@ -64,18 +93,22 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
 
 def guarded_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, grad_clip: Optional[float] = None
-) -> bool:
+) -> torch.Tensor:
     """After ``backward()``: clip (if asked), then take the optimizer step unless the gradient norm is
-    NaN/inf (then drop the gradients). True if the step was taken."""
+    NaN/inf. Returns found_inf (a () float tensor, 1.0 for a skipped step) without reading it."""
     if grad_clip is not None:
         norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     else:
         norm = _grad_norm(model)
-    if not guard.step_ok(norm):
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    optimizer.step()
-    return True
+    found_inf = guard.observe(norm)
+    if optimizer.defaults.get("fused"):
+        # the fused kernels leave weights, moments and step counts alone where found_inf is 1
+        optimizer.found_inf = found_inf
+        optimizer.grad_scale = None
+        optimizer.step()
+    elif not bool(found_inf):
+        optimizer.step()
+    return found_inf
 
 
 # Per-pass sums, in this order.
@@ -109,16 +142,16 @@ def train_epoch(
     start = time.perf_counter()
     n_batches = len(loader)
     for i, (images, labels, ids) in enumerate(loader):
+        slots = objective.slots(labels)  # from the host copy of the labels: no device read
         x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
         y = labels.to(device, non_blocking=True)
-        terms = objective.loss(model(x, **objective.slots(y)), y, rl_coef)
+        terms = objective.loss(model(x, **slots), y, rl_coef)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
-        if not guarded_step(model, optimizer, guard, grad_clip):
-            continue
-        b = y.shape[0]
+        found_inf = guarded_step(model, optimizer, guard, grad_clip)
         with torch.no_grad():
-            sums += torch.stack(
+            b = terms.correct.new_full((), y.shape[0], dtype=sums.dtype)
+            batch_sums = torch.stack(
                 [
                     terms.total.detach() * b,
                     terms.nll.detach() * b,
@@ -129,11 +162,14 @@ def train_epoch(
                     terms.glimpses.sum(),
                     terms.tokens_correct.sum(),
                     terms.tokens.sum(),
-                    torch.tensor(b, device=device),
+                    b,
                 ]
             ).to(sums.dtype)
+            # a skipped step counts in no metric (where, not a product: its terms may be NaN)
+            sums += torch.where(found_inf > 0, torch.zeros_like(batch_sums), batch_sums)
         if progress is not None:
             progress(i + 1, n_batches)
+    guard.check()
     elapsed = time.perf_counter() - start
     total = dict(zip(_TRAIN_SUMS + ("count",), _all_reduce(sums).tolist()))
     count = max(total["count"], 1.0)
@@ -184,7 +220,7 @@ def evaluate(
         y = labels.to(device)
         m = mc_samples if policy == "sample" else 1
         # copies=m: the model repeats the images itself, so a context network runs once per image
-        episode = model(x, policy=policy, generator=generator, copies=m, **objective.slots(y))
+        episode = model(x, policy=policy, generator=generator, copies=m, **objective.slots(labels))
         log_probs = episode.log_probs
         if stats is not None and m == 1:
             stats.add(episode.locations, log_probs, y)
