@@ -95,9 +95,11 @@ def run_training(
         return RunResult(plan.name, plan.dir, run.run_id, uri, metrics)
 
 
-def make_trainer(cfg: ExperimentConfig, name: str, storage_path: Path, uri: str, run_id: str, callbacks=()):
+def make_trainer(cfg: ExperimentConfig, name: str, storage_path: Path, uri: str, run_id: str, callbacks=(),
+                 line_prefix: str = ""):
     """The ``TorchTrainer`` of one run: ``cfg.ray.num_workers`` workers running the per-worker loop,
-    logging to MLflow run ``run_id``; its Ray Train run ``name`` lives under ``storage_path``."""
+    logging to MLflow run ``run_id``; its Ray Train run ``name`` lives under ``storage_path``. Every
+    line the workers print starts with ``line_prefix`` (a sweep's trials: their trial id)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -109,7 +111,7 @@ def make_trainer(cfg: ExperimentConfig, name: str, storage_path: Path, uri: str,
         resources["GPU"] = r.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}},
+        train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}, "prefix": line_prefix},
         scaling_config=ScalingConfig(
             num_workers=r.num_workers,
             use_gpu=r.gpus_per_worker > 0,

@@ -3,6 +3,7 @@ stops the weak ones early, and MLflow records one parent run per sweep with a ch
 
     runs/<experiment>/<sweep name>/attn_run.json     sweep name, MLflow parent run id, config
     runs/<experiment>/<sweep name>/tune/             Tune's experiment state (what --resume restores)
+    runs/<experiment>/<sweep name>/tune-2/, ...      the trials a resumed sweep added (sweep.num_trials raised)
     runs/<experiment>/<sweep name>/trials/           one Ray Train run per trial (its checkpoints)
     runs/<experiment>/<sweep name>/trials.csv        the summary table (also an MLflow artifact)
     runs/<experiment>/<sweep name>/best_config.yaml  the best trial's config, ready to run
@@ -18,6 +19,7 @@ import csv
 import math
 import os
 import signal
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +133,16 @@ class _TrialEvents(Callback):
     """In the sweep's driver: a console line per trial event, and the trial's MLflow run closed with
     how the trial ended (FINISHED; KILLED and tagged stopped_early when ASHA stopped it; FAILED)."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, metric: str = "best_val_error",
+                 mode: str = "min", every_s: float = 60.0):
         self.uri, self.experiment_id, self.parent = uri, experiment_id, parent_run_id
+        self.metric, self.mode, self.every_s = metric, mode, every_s
+        self.started = self.last_status = time.monotonic()
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self.last_status >= self.every_s:
+            self.last_status = time.monotonic()
+            print(status_line(trials, self.metric, self.mode, self.last_status - self.started), flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"sweep: trial {trial.trial_id} started: {_short(trial.config)}", flush=True)
@@ -157,6 +167,27 @@ class _TrialEvents(Callback):
                 close_trial_run(self.uri, run.run_id, how)
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the sweep
             print(f"sweep: could not close the MLflow run of trial {trial_id} ({exc})", flush=True)
+
+
+def status_line(trials, metric: str, mode: str, elapsed_s: float) -> str:
+    """``sweep: 2 running, 3 finished, 1 stopped, 0 errored | best best_val_error 4.2 | 12m30s``:
+    the sweep at a glance (``trials``: Tune's trials; a stopped trial ended without its test)."""
+    counts = {"running": 0, "finished": 0, "stopped": 0, "errored": 0}
+    values = []
+    for t in trials:
+        r = t.last_result or {}
+        if t.status == "ERROR":
+            counts["errored"] += 1
+        elif t.status == "TERMINATED":
+            counts["finished" if "test_error" in r else "stopped"] += 1
+        elif t.status == "RUNNING":
+            counts["running"] += 1
+        if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
+            values.append(r[metric])
+    best = f"{(min if mode == 'min' else max)(values):.4g}" if values else "-"
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    return (f"sweep: {', '.join(f'{n} {k}' for k, n in counts.items())} | best {metric} {best} | "
+            f"{minutes}m{seconds:02d}s")
 
 
 def close_trial_run(uri: str, run_id: str, how: str) -> None:
@@ -199,8 +230,8 @@ def run_sweep(
             plan.write_record(parent.run_id)
             print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent.run_id} in {uri}", flush=True)
         info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent.run_id}
-        results = _tune(cfg, sweep_dir, info, limit, restore=plan.resumed)
-        finished = results.num_terminated + results.num_errors
+        results = _run_segments(cfg, sweep_dir, info, limit, plan)
+        finished = sum(r.num_terminated + r.num_errors for r in results)
         if finished < cfg.sweep.num_trials:
             parent.status = "KILLED"
             _close_interrupted(uri, exp_id, parent.run_id)
@@ -208,7 +239,7 @@ def run_sweep(
                 f"sweep {name} was interrupted after {finished} of {cfg.sweep.num_trials} trials; continue it "
                 f"with --resume {name} (finished trials are not run again)"
             )
-        rows = _rows(results, cfg, uri, exp_id, parent.run_id)
+        rows = _rows([r for grid in results for r in grid], cfg, uri, exp_id, parent.run_id)
         best, best_path = _summarise(cfg, sweep_dir, uri, parent.run_id, rows)
         parent.status = "FINISHED"
         return SweepResult(name, sweep_dir, parent.run_id, uri, rows, best, best_path)
@@ -226,27 +257,66 @@ def _sigterm_as_sigint() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], limit: int, restore: bool):
-    """Build (or restore) the Tuner and run it to the end or to an interruption."""
+def _segments(sweep_dir: Path) -> list[Path]:
+    """The sweep's Tune experiments in order: ``tune/``, then ``tune-2/``, ... (one more each time a
+    finished sweep is resumed with a larger ``sweep.num_trials``)."""
+    found = [d for d in sweep_dir.glob(f"{TUNE_DIR}*") if d.name == TUNE_DIR or d.name[len(TUNE_DIR) + 1:].isdigit()]
+    return sorted(found, key=lambda d: 1 if d.name == TUNE_DIR else int(d.name[len(TUNE_DIR) + 1:]))
+
+
+def _run_segments(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], limit: int, plan) -> list:
+    """Every segment's results, after running what is left: the newest segment is continued if it was
+    cut; if all are done and ``sweep.num_trials`` asks for more trials, a new segment runs them, its
+    sampler seeded with every trial so far."""
+    from ray import tune
+
+    trainable = _trainable(cfg, info)
+    done = _segments(sweep_dir) if plan.resumed else []
+    if plan.resumed and not done:
+        raise ConfigError(f"--resume: {sweep_dir / TUNE_DIR} holds no Tune state to continue; start the sweep anew")
+    grids = []
+    for i, path in enumerate(done):
+        if not tune.Tuner.can_restore(str(path)):
+            raise ConfigError(f"--resume: {path} holds no Tune state to continue; start the sweep anew")
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        grids.append(tuner.fit() if i == len(done) - 1 else tuner.get_results())
+    so_far = sum(len(g) for g in grids)
+    if grids and so_far >= cfg.sweep.num_trials:
+        return grids
+    if grids and grids[-1].num_terminated + grids[-1].num_errors < len(grids[-1]):
+        return grids  # the newest segment was cut again: nothing new starts before it is done
+    name = TUNE_DIR if not done else f"{TUNE_DIR}-{len(done) + 1}"
+    if done:
+        print(f"sweep {info['name']}: {so_far} trials done, running {cfg.sweep.num_trials - so_far} more", flush=True)
+        plan.write_record(info["parent_run_id"])  # the larger sweep.num_trials is the sweep's from now on
+    previous = done[-1] if done else None
+    grids.append(_tune(cfg, sweep_dir, info, trainable, limit, name, cfg.sweep.num_trials - so_far, previous))
+    return grids
+
+
+def _trainable(cfg: ExperimentConfig, info: dict[str, Any]):
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=info), {"cpu": cfg.sweep.trial_driver_cpus}
+    )
+
+
+def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], trainable, limit: int, name: str,
+          trials: int, previous: Optional[Path]):
+    """A new Tune experiment ``name`` of ``trials`` trials, run to the end or to an interruption; its
+    searcher starts from ``previous`` segment's (all the trials it has seen) when there is one."""
     from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     sw = cfg.sweep
-    base = cfg.to_dict()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, sweep=info), {"cpu": sw.trial_driver_cpus}
-    )
-    if restore:
-        path = sweep_dir / TUNE_DIR
-        if not tune.Tuner.can_restore(str(path)):
-            raise ConfigError(f"--resume: {path} holds no Tune state to continue; start the sweep anew")
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True).fit()
-
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = OptunaSearch(space=SearchSpace(sw), metric=sw.metric, mode=sw.mode, sampler=optuna_sampler(sw))
+    if previous is not None:
+        search.restore_from_dir(str(previous))
     scheduler = None
     if sw.asha is not None:
         # One Tune result per epoch, plus the final (test) report: max_t leaves room for it, so a trial
@@ -264,13 +334,13 @@ def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], limit: i
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=scheduler,
-            num_samples=sw.num_trials,
-            max_concurrent_trials=limit,
+            num_samples=trials,
+            max_concurrent_trials=min(limit, trials),
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR,
+            name=name,
             storage_path=str(sweep_dir),
-            callbacks=[_TrialEvents(info["uri"], info["experiment_id"], info["parent_run_id"])],
+            callbacks=[_TrialEvents(info["uri"], info["experiment_id"], info["parent_run_id"], sw.metric, sw.mode)],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),

@@ -66,7 +66,8 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, 
         run_id = start_run(uri, exp_id, cfg, mlflow_name, extra_tags=tags)
 
     trainer = make_trainer(
-        cfg, f"trial-{trial_id}", Path(sweep["dir"]) / "trials", uri, run_id, callbacks=[TuneReportCallback()]
+        cfg, f"trial-{trial_id}", Path(sweep["dir"]) / "trials", uri, run_id, callbacks=[TuneReportCallback()],
+        line_prefix=f"trial {trial_id} | ",
     )
     # The sweep driver closes the MLflow run when Tune reports how the trial ended (finished, stopped
     # by ASHA, failed): a stopped trial's actor is killed before it could say so itself.

@@ -60,11 +60,18 @@ def _quiet_ray_train_reports() -> None:
         pass
 
 
-def _log(line: str) -> None:
-    # Write to the stream, not through print(): Ray Train patches print to also copy every line into
-    # its logger, which shows each progress line twice on the driver.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+class _Lines:
+    """Rank 0's console lines, each starting with ``prefix`` (a sweep trial's id, so that the lines of
+    trials running side by side can be told apart)."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+
+    def __call__(self, line: str) -> None:
+        # Write to the stream, not through print(): Ray Train patches print to also copy every line
+        # into its logger, which shows each progress line twice on the driver.
+        sys.stdout.write("".join(self.prefix + part + "\n" for part in line.split("\n")))
+        sys.stdout.flush()
 
 
 def _quiet(line: str) -> None:
@@ -92,6 +99,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     configure_torch(threads)
     device = ray.train.torch.get_device()
 
+    _log = _Lines(loop_config.get("prefix", ""))
     tracker: Any = NullTracker()
     ml = loop_config.get("mlflow")
     if rank == 0 and ml:

@@ -52,6 +52,9 @@ def test_four_trial_sweep_with_optuna_and_asha(tmp_path):
     out = proc.stdout
     assert "<- best" in out and "best trial" in out and "trial_id" in out
     assert "up to 2 at a time" in out, out[-3000:]
+    # trials run side by side: each training line says whose it is
+    epoch_lines = [line for line in out.splitlines() if re.search(r"\bepoch \d+/\d+ \|", line)]
+    assert epoch_lines and all(re.search(r"trial \w+ \| epoch \d+/", line) for line in epoch_lines), epoch_lines[:3]
 
     client = mlflow_client(tmp_path)
     exp = client.get_experiment_by_name("tiny_sweep")
@@ -177,3 +180,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     for c in children:  # one curve per trial, each epoch once (a cut trial went on from its checkpoint)
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_error")]
         assert sorted(steps) == [0, 1, 2], (c.data.tags["attn.trial_id"], steps)
+
+    # The finished sweep asked for one more trial: it runs that one only, seeded with the three so far,
+    # into the same MLflow parent run; the record now holds 4 trials.
+    more = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=4", timeout=400, env=env)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "3 trials done, running 1 more" in more.stdout, more.stdout[-3000:]
+    new = {line.split()[2] for line in more.stdout.splitlines()
+           if line.startswith("sweep: trial ") and line.split()[3] == "started:"}
+    assert len(new) == 1 and not new & set(by_trial), new
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 4 and sorted(c.info.status for c in children) == ["FINISHED"] * 4
+    assert len(list(tmp_path.glob("runs/*/*/trials.csv"))) == 1
+    rows = next(tmp_path.glob("runs/*/*/trials.csv")).read_text().strip().splitlines()
+    assert len(rows) == 5, rows  # header + every trial of both segments

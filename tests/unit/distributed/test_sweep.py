@@ -116,3 +116,18 @@ def test_tpe_concentrates_a_short_sweeps_later_trials_near_the_optimum():
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(last) < 0.75 * mean(first), (first, last)
     assert mean(last) < 0.8 * mean(old), (last, old)
+
+
+def test_the_minute_status_line_counts_trials_by_how_they_stand():
+    from types import SimpleNamespace as Trial  # the two attributes Tune's Trial gives the callback
+
+    from attn.distributed.sweep import status_line
+
+    trials = [Trial(status="RUNNING", last_result={"best_val_error": 9.5}), Trial(status="PENDING", last_result={}),
+              Trial(status="TERMINATED", last_result={"best_val_error": 4.25, "test_error": 4.0}),
+              Trial(status="TERMINATED", last_result={"best_val_error": 30.0}),
+              Trial(status="ERROR", last_result=None)]
+    assert status_line(trials, "best_val_error", "min", 754.0) == (
+        "sweep: 1 running, 1 finished, 1 stopped, 1 errored | best best_val_error 4.25 | 12m34s")
+    assert "best best_val_error 30" in status_line(trials, "best_val_error", "max", 1.0)
+    assert status_line([], "best_val_error", "min", 0.0).endswith("| best best_val_error - | 0m00s")
