@@ -17,6 +17,7 @@ Storage layout (``ray.storage_path``, else ``$ATTN_STORAGE_PATH``, else ``./runs
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -291,15 +292,18 @@ def start_ray(cfg: ExperimentConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
+    # MLflow's progress bars for each artifact a worker logs would fill the console between epochs
+    bars = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    runtime_env = {"env_vars": {"PYTHONUNBUFFERED": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": bars}}
     # Ray Train's helpers (the placement-group cleaner, the state actor) find their cluster through
     # the state API, which without RAY_ADDRESS picks whichever Ray runs on the machine or fails when
     # there are several: a stopped trial's placement group then stays reserved and starves the next.
+    quiet = _quiet_console()
     if address:
         if re.fullmatch(r"[\w.\-]+:\d+", address):
             runtime_env["env_vars"]["RAY_ADDRESS"] = address
         try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise AttnError(
                 f"ray.address={address}: cannot connect to the Ray cluster ({str(exc).splitlines()[0][:200]})"
@@ -307,8 +311,24 @@ def start_ray(cfg: ExperimentConfig) -> bool:
     else:
         with _own_gcs_port() as port:
             runtime_env["env_vars"]["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
-            ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning")
+            # Ray Train's preemption watcher is for cluster nodes a cloud can take back; this one-machine
+            # Ray has none, and the watcher's start-up logs a core-worker error line on every run
+            runtime_env["env_vars"].setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+                                               os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
+            ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning",
+                     **quiet)
     return True
+
+
+def _quiet_console() -> dict:
+    """What keeps Ray's own noise off the console: a job logging config (with one, Ray forwards the
+    workers' lines without its coloured ``(RayTrainWorker pid=...)`` prefix, so the console reads as
+    attn's lines; a sweep's trials prefix theirs with the trial id), and no notice that the local
+    cluster it starts uses token authentication (the default; it is not a problem to act on)."""
+    import ray
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    return {"logging_config": ray.LoggingConfig(encoding="TEXT", log_level="WARNING")}
 
 
 @contextmanager

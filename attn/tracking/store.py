@@ -9,6 +9,7 @@ becomes one :class:`~attn.errors.TrackingError` line.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -71,6 +72,8 @@ def open_store(uri: str) -> None:
     """Import MLflow and open the store at ``uri`` (a new SQLite store creates its tables, which takes
     seconds), so that the calls that follow are quick. It creates no experiment and no run; a store
     that fails here fails again in those calls, which report it in one line."""
+    # its "Creating initial MLflow database tables..." lines say nothing a user acts on
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     try:
         mlflow_client(uri).search_experiments(max_results=1)
     except Exception:  # noqa: BLE001 - ensure_experiment / reopen_run raise the TrackingError

@@ -14,5 +14,6 @@ def finished_mnist_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("finished_run")
     proc = run_cli(cwd, str(EXPERIMENT), *FINISHED_RUN_ARGS, env=ray_with_cpus(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (cwd / "console.txt").write_text(proc.stdout + proc.stderr)  # what the user saw
     client = mlflow_client(cwd)
     return cwd, client, only_run(client)

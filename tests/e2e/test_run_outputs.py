@@ -34,6 +34,17 @@ def artifact_files(client, run_id: str, path: str = "") -> set[str]:
     return out
 
 
+def test_the_console_shows_attns_lines_without_rays_decoration(trained):
+    """What a user reads: the epoch lines as attn writes them, no ANSI colour codes, no
+    ``(RayTrainWorker pid=...)`` prefix, no notices about Ray's token or MLflow's table creation."""
+    text = (trained[0] / "console.txt").read_text()
+    epochs = [line for line in text.splitlines() if " | train loss " in line]
+    assert len(epochs) == EPOCHS and all(line.startswith(f"epoch {i + 1}/{EPOCHS} | ") for i, line in enumerate(epochs)), epochs
+    assert "\x1b[" not in text and "pid=" not in text, text[-2000:]
+    assert "Token authentication" not in text and "Creating initial MLflow database tables" not in text, text[:2000]
+    assert text.rstrip().splitlines()[-1].startswith("done: ")
+
+
 def test_pictures_tables_and_readable_names_in_mlflow(trained):
     cwd, client, run = trained
     files = artifact_files(client, run.info.run_id)
