@@ -202,8 +202,10 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
     t0 = time.perf_counter()
     torch.manual_seed(_epoch_seed(tc.seed, epoch, run.info.rank))
     run.loaders["train"].set_epoch(epoch)
+    progress = _EpochProgress(run.log, f"epoch {epoch + 1}/{tc.epochs}", tc.batch_size * run.info.world) \
+        if run.chief else None
     tm = train_epoch(run.train_model, run.loaders["train"], run.data, state.optimizer, rl_coef=tc.rl_coef,
-                     device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite)
+                     device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite, progress=progress)
     vm = evaluate(state.model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
     lr = state.optimizer.param_groups[0]["lr"]
     step_scheduler(state.scheduler, vm["error"])
@@ -231,6 +233,23 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
     if stop and run.chief:
         run.log(f"early stop: no better validation error for {tc.patience} epochs")
     return stop
+
+
+class _EpochProgress:
+    """Within a long epoch, a line every ``every_s`` seconds: batches done, images/s, time left in the
+    epoch (host clock only: nothing is read from the device)."""
+
+    def __init__(self, log: Callable[[str], None], label: str, images_per_batch: int, every_s: float = 30.0):
+        self.log, self.label, self.images_per_batch, self.every_s = log, label, images_per_batch, every_s
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s or done >= total:
+            return
+        self.last, elapsed = now, now - self.start
+        self.log(f"{self.label} | {done:,}/{total:,} batches | {done * self.images_per_batch / elapsed:,.0f} img/s "
+                 f"| epoch left {_format_eta(elapsed / done * (total - done))}")
 
 
 def _final_test(run: _Run) -> tuple[dict[str, float], nn.Module, SplitStats]:

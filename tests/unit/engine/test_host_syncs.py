@@ -11,6 +11,7 @@ the loop has none (its metrics stay in device tensors until the end of the pass)
 from __future__ import annotations
 
 import collections
+import re
 import traceback
 
 import pytest
@@ -21,6 +22,7 @@ from attn.config import load_config
 from attn.data import BatchLoader, build_data
 from attn.engine.optim import build_optimizer
 from attn.engine.passes import NonFiniteGuard, train_epoch
+from attn.engine.trainer import _EpochProgress
 from attn.models import build_model
 from helpers.cli import ROOT
 from helpers.svhn_fixture import make_svhn_folder
@@ -57,9 +59,15 @@ def _syncs(cfg, batches: int) -> collections.Counter:
     bs = cfg.train.batch_size
     loader = BatchLoader(data.train, bs, shuffle=True, seed=0)
     assert len(loader) == batches, (len(loader), batches)
+    lines: list[str] = []
+    # with a progress line after every batch: the lines read nothing from the device either
+    progress = _EpochProgress(lines.append, "epoch 1/1", bs, every_s=0.0)
     with SyncCounter() as counter:
         train_epoch(model, loader, data, optimizer, rl_coef=0.01, device=torch.device("cpu"),
-                    nonfinite=NonFiniteGuard(limit=20))
+                    nonfinite=NonFiniteGuard(limit=20), progress=progress)
+    assert len(lines) == batches - 1 and all(
+        re.fullmatch(rf"epoch 1/1 \| {i + 1}/{batches} batches \| [\d,]+ img/s \| epoch left \S+", line)
+        for i, line in enumerate(lines)), lines
     return counter.found
 
 
