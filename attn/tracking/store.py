@@ -141,6 +141,38 @@ def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
         return None
 
 
+def _git(*args: str) -> Optional[str]:
+    """``git ARGS`` in the attn source folder, or None (no git, not a checkout, no such ref)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        return out or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard tags of who ran what from where (the UI's User and Source columns): the
+    user, ``run.py`` as the entry point (also for a sweep's trials, which Ray starts elsewhere), and
+    the git commit, branch and remote of the attn source; ``git_commit`` adds '-dirty' if modified."""
+    import getpass
+
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "run.py"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no entry for this uid (some containers)
+        pass
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        for key, args in (("branch", ("rev-parse", "--abbrev-ref", "HEAD")), ("repoURL", ("remote", "get-url", "origin"))):
+            value = _git(*args)
+            if value and value != "HEAD":
+                tags[f"mlflow.source.git.{key}"] = value
+    return tags
+
+
 def start_run(
     uri: str,
     experiment_id: str,
@@ -165,10 +197,7 @@ def start_run(
             f"{m.retina.patch_size}px x {m.retina.num_scales} scale(s), on {cfg.data.task}"
         ),
     }
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    tags.update(source_tags())
     tags.update(extra_tags or {})
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id

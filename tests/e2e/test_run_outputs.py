@@ -45,6 +45,19 @@ def test_the_console_shows_attns_lines_without_rays_decoration(trained):
     assert text.rstrip().splitlines()[-1].startswith("done: ")
 
 
+def test_the_run_carries_mlflows_standard_source_tags(trained):
+    """The UI's User and Source columns: who ran it, run.py, and the commit and branch of the code."""
+    import getpass
+
+    tags = trained[2].data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert tags["mlflow.user"] == getpass.getuser() and tags["mlflow.source.name"] == "run.py"
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.git.commit"] == head
+    if branch.stdout.strip() not in ("", "HEAD"):  # a clone on a branch (CI's detached checkouts have none)
+        assert tags["mlflow.source.git.branch"] == branch.stdout.strip()
+
+
 def test_pictures_tables_and_readable_names_in_mlflow(trained):
     cwd, client, run = trained
     files = artifact_files(client, run.info.run_id)
