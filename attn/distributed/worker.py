@@ -112,9 +112,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if ml:
             tracker.set_tag("ray.worker_nodes", ",".join(nodes))
 
-    def wrap(model: torch.nn.Module) -> torch.nn.Module:
-        # prepare_model moves to the worker's device and wraps in DDP when world > 1.
-        return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    def wrap(model: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+        # prepare_model wraps in DDP when world > 1 (the model is on the worker's device already).
+        if world == 1:
+            return model
+        return ray.train.torch.prepare_model(
+            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters}
+        )
 
     init = None
     if cfg.train.init_from:

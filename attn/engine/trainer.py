@@ -252,6 +252,35 @@ class _EpochProgress:
                  f"| epoch left {_format_eta(elapsed / done * (total - done))}")
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` holds on any rank (every rank must wrap its model in DDP the same way)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)  # nccl reduces device tensors only
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def unused_parameters(model: nn.Module, loader: BatchLoader, data: TaskData, rl_coef: float,
+                      device: torch.device) -> list[str]:
+    """Names of the trainable parameters that one training step leaves without a gradient (e.g. the
+    location network of a one-glimpse RAM, or DRAM's with ``model.policy_grad=detached``). The step is
+    a probe: random state, buffers (batch-norm statistics) and gradients are put back afterwards."""
+    objective = objective_for(data.spec)
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        images, labels, ids = next(iter(loader))
+        x = data.model_input(images.to(device), train=True, ids=ids)
+        y = labels.to(device)
+        objective.loss(model(x, **objective.slots(labels)), y, rl_coef).total.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(buffers)
+    return unused
+
+
 def _final_test(run: _Run) -> tuple[dict[str, float], nn.Module, SplitStats]:
     """Test the best weights: the mean policy, one sampled episode, and M averaged sampled episodes.
     On a copy, so the last weights stay in place for the checkpoint (resuming with more epochs)."""
@@ -307,17 +336,24 @@ def fit(
     info: WorkerInfo,
     reporter: Reporter,
     tracker: Tracker,
-    wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m,
+    wrap_model: Callable[..., nn.Module] = lambda m, find_unused_parameters=False: m,
     log: Callable[[str], None] = print,
     init: Optional[tuple[dict[str, torch.Tensor], str]] = None,
 ) -> dict[str, float]:
     """Train ``cfg`` to the end (or early stop), test the best weights, return the final metrics.
 
+    wrap_model(model, find_unused_parameters): DDP for several workers; told when this configuration
+    leaves parameters without a gradient (:func:`unused_parameters`), which DDP must know.
     init: (state dict, its name) of the weights ``train.init_from`` named, loaded where they fit before
     the first epoch (ignored when resuming: the run's own checkpoint wins)."""
     run = _setup(cfg, info, reporter, tracker, log)
     _resume_or_transfer(run, init)
-    run.train_model = wrap_model(run.state.model)
+    unused = unused_parameters(run.state.model, run.loaders["train"], run.data, cfg.train.rl_coef,
+                               info.device) if info.world > 1 else []
+    if unused and run.chief:
+        log(f"{len(unused)} parameter(s) get no gradient in this configuration ({', '.join(unused[:3])}"
+            f"{', ...' if len(unused) > 3 else ''}): DDP looks for them at every step")
+    run.train_model = wrap_model(run.state.model, find_unused_parameters=_any_rank(bool(unused), info.device))
     if run.chief and run.state.next_epoch == 0:
         _describe(run)
     run.pictures = Pictures(cfg, run.data, info.device) if run.chief else None
