@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from attn.config import load_config
+from attn.tracking import ui_link
 
 
 def train(args: argparse.Namespace) -> int:
@@ -24,6 +25,7 @@ def train(args: argparse.Namespace) -> int:
         from attn.distributed.sweep import run_sweep
 
         sweep = run_sweep(cfg, **common)
+        print(f"MLflow UI: {ui_link(sweep.tracking_uri, sweep.parent_run_id)}")
         print(
             f"done: sweep {sweep.name}: {len(sweep.rows)} trials, summary {sweep.dir / 'trials.csv'}"
             + (f", best config {sweep.best_config}" if sweep.best_config else "")
@@ -34,6 +36,7 @@ def train(args: argparse.Namespace) -> int:
 
     result = run_training(cfg, **common)
     m = result.metrics
+    print(f"MLflow UI: {ui_link(result.tracking_uri, result.mlflow_run_id)}")
     if "test_error" in m:
         print(
             f"done: {result.run_name} | test error {m['test_error']:.2f}% (mean policy), "

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from attn.config import ExperimentConfig
 from attn.distributed.lifecycle import cluster_capacity, plan_run, ray_session, tracked
 from attn.errors import AttnError, ConfigError, Interrupted
-from attn.tracking import ensure_experiment, reopen_run, start_run
+from attn.tracking import ensure_experiment, reopen_run, start_run, ui_link
 
 
 @dataclass
@@ -80,6 +80,7 @@ def run_training(
             run.run_id = start_run(uri, exp_id, cfg, plan.name, config_file=config_file)
             plan.write_record(run.run_id)
             print(f"run {plan.name}: MLflow run {run.run_id} in {uri}", flush=True)
+        print(f"MLflow UI: {ui_link(uri, run.run_id)}", flush=True)
         try:
             result = _fit(cfg, plan.name, plan.dir, uri, run.run_id)
         except (KeyboardInterrupt, SystemExit):

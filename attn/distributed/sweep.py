@@ -41,6 +41,7 @@ from attn.tracking import (
     reopen_run,
     set_tags,
     start_run,
+    ui_link,
 )
 
 TUNE_DIR = "tune"
@@ -229,6 +230,7 @@ def run_sweep(
             parent.run_id = start_run(uri, exp_id, cfg, name, config_file=config_file, extra_tags={"attn.kind": "sweep"})
             plan.write_record(parent.run_id)
             print(f"sweep {name}: {cfg.sweep.num_trials} trials, up to {limit} at a time; MLflow run {parent.run_id} in {uri}", flush=True)
+        print(f"MLflow UI: {ui_link(uri, parent.run_id)}", flush=True)
         info = {"name": name, "dir": str(sweep_dir), "uri": uri, "experiment_id": exp_id, "parent_run_id": parent.run_id}
         results = _run_segments(cfg, sweep_dir, info, limit, plan)
         finished = sum(r.num_terminated + r.num_errors for r in results)

@@ -32,6 +32,7 @@ from attn.tracking.store import (
     run_history,
     set_tags,
     start_run,
+    ui_link,
 )
 from attn.tracking.writer import MlflowTracker
 
@@ -39,5 +40,5 @@ __all__ = [
     "MODEL_ARTIFACT", "MODEL_CONFIG", "MlflowTracker", "RunRecord", "artifact_listing", "check_reachable",
     "child_runs", "default_artifact_location", "download", "end_killed", "end_run", "ensure_experiment",
     "get_run", "git_commit", "log_artifact", "log_metric", "newest_finished_run", "open_store", "reopen_run",
-    "resolve_tracking_uri", "run_history", "set_tags", "start_run",
+    "resolve_tracking_uri", "run_history", "set_tags", "start_run", "ui_link",
 ]

@@ -107,6 +107,9 @@ def default_artifact_location(uri: str, cwd: Optional[Path] = None) -> Optional[
     return None
 
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
 def ensure_experiment(uri: str, name: str, artifact_location: Optional[str] = None) -> str:
     """Id of experiment ``name``, created (with an absolute artifact root) if missing."""
     try:
@@ -119,7 +122,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: Optional[str] = No
                 )
             return exp.experiment_id
         location = artifact_location or default_artifact_location(uri)
-        return client.create_experiment(name, artifact_location=location)
+        # the kind MLflow 3's UI files training experiments under (its GenAI pages are for agents)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: "custom_model_development"})
     except TrackingError:
         raise
     except Exception as exc:  # MLflow raises many types for an unreachable or broken store
@@ -139,6 +143,20 @@ def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def ui_link(uri: str, run_id: str) -> str:
+    """Where the MLflow UI shows run ``run_id``, opened on the model-training views (MLflow 3 opens on
+    its GenAI pages otherwise). A local store has no server: the link is the one `mlflow ui` serves,
+    with the command that serves it."""
+    try:
+        experiment_id = mlflow_client(uri).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a link is a convenience: never fail a run over it
+        return f"(MLflow UI link unavailable: {uri} did not answer)"
+    route = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{route}"
+    return f"http://127.0.0.1:5000/{route} (after: mlflow ui --backend-store-uri {uri})"
 
 
 def _git(*args: str) -> Optional[str]:

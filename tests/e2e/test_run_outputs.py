@@ -202,6 +202,17 @@ def test_mlflow_ui_shows_the_glimpse_picture_in_a_browser(trained, tmp_path):
             shot = tmp_path / "mlflow-ui-glimpses.png"
             browser.save_screenshot(str(shot))
             assert Image.open(shot).size[0] >= 1000
+
+            # The link the run printed (for this store: what `mlflow ui` serves) opens the run's page in
+            # the model-training views, straight away.
+            printed = [line for line in (cwd / "console.txt").read_text().splitlines() if line.startswith("MLflow UI: ")]
+            assert printed, "the run printed no MLflow UI link"
+            link = printed[-1].split()[2].replace("http://127.0.0.1:5000", uri)
+            assert link.endswith(f"/runs/{run.info.run_id}?workflowType=machine_learning"), link
+            browser.get(link)
+            wait.until(EC.visibility_of_element_located((By.XPATH, f"//*[normalize-space(text())='{run.info.run_name}']")))
+            click("//*[@role='tab'][normalize-space(.)='Artifacts']")
+            click(text("glimpses"))
         finally:
             browser.quit()
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.processes import kill_pids, marked_pids_matching
+from helpers.processes import alive, kill_pids, marked_pids_matching
 from helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,8 +136,8 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
         needles = (str(temp), f"127.0.0.1:{port}", f"--gcs-address={address}", f"--gcs_address={address}")
         mine = marked_pids_matching(*needles)
         kill_pids(mine, signal.SIGTERM)
-        deadline = time.time() + 10
-        while time.time() < deadline and [p for p in mine if Path(f"/proc/{p}").exists()]:
+        deadline = time.time() + 3  # then SIGKILL: a test cluster has nothing to save
+        while time.time() < deadline and any(alive(p) for p in mine):
             time.sleep(0.2)
         kill_pids(marked_pids_matching(*needles), signal.SIGKILL)
         import shutil

@@ -46,6 +46,16 @@ def parent_pid(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def alive(pid: int) -> bool:
+    """The process runs (a zombie has ended: only its parent has not collected it yet, and a daemon
+    reparented to a container's init may never be collected)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def marked_pids_matching(*needles: str) -> list[int]:
     """Marked processes whose command line holds one of ``needles``, and every marked descendant of
     them (Ray renames its worker processes, ``ray::...``, so they are found through their raylet)."""
