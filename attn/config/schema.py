@@ -40,6 +40,13 @@ class TrainConfig(Section):
         50, ge=1, description="Early stopping: epochs since the best validation error before stopping."
     )
     rl_coef: float = Field(0.01, ge=0.0, description="lambda: weight of the REINFORCE term.")
+    data_on_device: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep the stored images (uint8) on the training GPU, so that batches are sliced, placed "
+        "and cropped there with no copy from the host per batch. auto: when they take at most half of "
+        "the GPU's free memory (else they stay on the host, said in one line); on: always; off: never. "
+        "No effect on a CPU.",
+    )
     grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the global gradient norm.")
     max_nonfinite_steps: int = Field(
         20,

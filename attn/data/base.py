@@ -55,6 +55,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def images_on(self, device: torch.device) -> "Split":
+        """The split with its images on ``device`` (labels, ids and boxes stay on the host, where the
+        loop reads them without waiting for the device)."""
+        return Split(self.images.to(device), self.labels, self.ids, self.boxes)
+
     def head(self, n: int | None) -> "Split":
         if n is None or n >= len(self):
             return self
@@ -144,7 +149,8 @@ def random_crop(images: torch.Tensor, size: int, generator: Optional[torch.Gener
 
 
 class BatchLoader:
-    """Iterates (images, labels, ids) batches of one split for one rank of ``world`` ranks.
+    """Iterates (images, labels, ids) batches of one split for one rank of ``world`` ranks: images
+    where the split keeps them (the host, or the training GPU), labels and ids on the host.
 
     Training (``shuffle=True``): a permutation seeded by (seed, epoch), padded by wrapping so every
     rank gets the same number of batches (DDP needs equal step counts), rank r taking positions
@@ -196,6 +202,10 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         idx = self._indices()
         stop = len(idx) - (len(idx) % self.batch_size if self.drop_last else 0)
+        images = self.split.images
+        on_host = images.device.type == "cpu"
+        # images kept on a GPU are gathered there (an index copy, not an image copy, per batch)
+        idx_images = idx if on_host else idx.to(images.device)
         for start in range(0, stop, self.batch_size):
             b = idx[start : start + self.batch_size]
-            yield self.split.images[b], self.split.labels[b], self.split.ids[b]
+            yield images[idx_images[start : start + self.batch_size]], self.split.labels[b], self.split.ids[b]

@@ -147,6 +147,7 @@ class _Run:
 def _setup(cfg, info, reporter, tracker, log) -> _Run:
     tc = cfg.train
     data = build_data(cfg.data)
+    _images_to_device(data, info.device, tc.data_on_device, log if info.rank == 0 else (lambda line: None))
     torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
     model = build_model(cfg.model, data.spec, (data.mean, data.std)).to(info.device)
     optimizer = build_optimizer(model, tc)
@@ -159,6 +160,19 @@ def _setup(cfg, info, reporter, tracker, log) -> _Run:
     }
     return _Run(cfg, info, reporter, tracker, log, data, state, model, dump_config(cfg), loaders,
                 None, NonFiniteGuard(tc.max_nonfinite_steps))
+
+
+def _images_to_device(data: TaskData, device: torch.device, mode: str, log: Callable[[str], None]) -> None:
+    """Move the splits' stored images to the training GPU once (``train.data_on_device``)."""
+    if device.type != "cuda" or mode == "off":
+        return
+    size = sum(s.images.numel() * s.images.element_size() for s in (data.train, data.val, data.test))
+    free, _ = torch.cuda.mem_get_info(device)
+    if mode == "auto" and size > free / 2:
+        log(f"data: the stored images take {size / 2**30:.1f} GiB, over half of the GPU's free "
+            f"{free / 2**30:.1f} GiB: they stay on the host (train.data_on_device=on to force)")
+        return
+    data.train, data.val, data.test = (s.images_on(device) for s in (data.train, data.val, data.test))
 
 
 def _resume_or_transfer(run: _Run, init: Optional[tuple[dict[str, torch.Tensor], str]]) -> None:

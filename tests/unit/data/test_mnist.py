@@ -111,3 +111,19 @@ def test_batch_loader_shards_cover_split_once():
     for ld in loaders:
         ld.set_epoch(0)
     assert torch.equal(torch.cat([ids for ld in loaders for _, _, ids in ld]), ep0)
+
+
+def test_images_kept_on_another_device_are_gathered_there_and_labels_stay_on_the_host():
+    """train.data_on_device: the loader slices a split whose images live on another device there (the
+    meta device stands in for a GPU: shapes without memory), in the same batches as on the host, with
+    labels and ids on the host, where the loop reads them without waiting for the device."""
+    images = torch.arange(103 * 4, dtype=torch.uint8).view(103, 1, 2, 2)
+    split = Split(images, torch.arange(103) % 10, torch.arange(103))
+    moved = split.images_on(torch.device("meta"))
+    assert moved.images.device.type == "meta" and moved.labels is split.labels and moved.ids is split.ids
+    host = list(BatchLoader(split, 8, shuffle=True, seed=3))
+    there = list(BatchLoader(moved, 8, shuffle=True, seed=3))
+    assert len(host) == len(there) == 13
+    for (hi, hl, hid), (ti, tl, tid) in zip(host, there):
+        assert ti.device.type == "meta" and ti.shape == hi.shape
+        assert tl.device.type == tid.device.type == "cpu" and torch.equal(tl, hl) and torch.equal(tid, hid)
