@@ -40,6 +40,11 @@ class TrainConfig(Section):
         50, ge=1, description="Early stopping: epochs since the best validation error before stopping."
     )
     rl_coef: float = Field(0.01, ge=0.0, description="lambda: weight of the REINFORCE term.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Arithmetic of the training step: fp32; bf16 (autocast in bfloat16, no loss scaling); fp16 "
+        "(autocast in float16 with a gradient scaler). Weights and optimizer state stay float32 in all three.",
+    )
     data_on_device: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Keep the stored images (uint8) on the training GPU, so that batches are sliced, placed "

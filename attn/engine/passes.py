@@ -10,6 +10,7 @@ read once, at the end of the pass (tests/unit/engine/test_host_syncs.py counts t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Optional
@@ -20,6 +21,7 @@ from torch import nn
 
 from attn.data.base import BatchLoader, TaskData
 from attn.engine.objective import EVAL_SUMS, objective_for
+from attn.engine.precision import Precision
 from attn.engine.split_stats import SplitStats
 from attn.errors import TrainingDiverged
 
@@ -92,16 +94,21 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
 
 
 def guarded_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, grad_clip: Optional[float] = None
+    model: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, grad_clip: Optional[float] = None,
+    precision: Optional[Precision] = None,
 ) -> torch.Tensor:
     """After ``backward()``: clip (if asked), then take the optimizer step unless the gradient norm is
     NaN/inf. Returns found_inf (a () float tensor, 1.0 for a skipped step) without reading it."""
+    if precision is not None:
+        precision.unscale(optimizer)
     if grad_clip is not None:
         norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     else:
         norm = _grad_norm(model)
     found_inf = guard.observe(norm)
-    if optimizer.defaults.get("fused"):
+    if precision is not None and precision.step(optimizer):
+        pass  # the scaler skipped an overflowed step itself (from the same gradients)
+    elif optimizer.defaults.get("fused"):
         # the fused kernels leave weights, moments and step counts alone where found_inf is 1
         optimizer.found_inf = found_inf
         optimizer.grad_scale = None
@@ -126,8 +133,10 @@ def train_epoch(
     grad_clip: Optional[float] = None,
     nonfinite: Optional[NonFiniteGuard] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    precision: Optional[Precision] = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
+    ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32).
 
     accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
     tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the
@@ -145,10 +154,14 @@ def train_epoch(
         slots = objective.slots(labels)  # from the host copy of the labels: no device read
         x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
         y = labels.to(device, non_blocking=True)
-        terms = objective.loss(model(x, **slots), y, rl_coef)
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            terms = objective.loss(model(x, **slots), y, rl_coef)
         optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        found_inf = guarded_step(model, optimizer, guard, grad_clip)
+        if precision is not None:
+            precision.backward(terms.total)
+        else:
+            terms.total.backward()
+        found_inf = guarded_step(model, optimizer, guard, grad_clip, precision)
         with torch.no_grad():
             b = terms.correct.new_full((), y.shape[0], dtype=sums.dtype)
             batch_sums = torch.stack(

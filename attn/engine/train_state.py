@@ -29,6 +29,7 @@ class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Optional[Any]
+    precision: Optional[Any] = None  # attn.engine.precision.Precision: its loss scale (fp16) is state too
     epoch: int = -1
     best_error: float = math.inf
     best_epoch: int = -1
@@ -60,6 +61,7 @@ class TrainState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.precision.state_dict() if self.precision is not None else None,
             "epoch": self.epoch,
             "best_error": self.best_error,
             "best_epoch": self.best_epoch,
@@ -76,6 +78,8 @@ class TrainState:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
+            if self.precision is not None:
+                self.precision.load_state_dict(state.get("scaler"))
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"{folder}: checkpoint does not fit this config ({str(exc).splitlines()[0][:200]})"

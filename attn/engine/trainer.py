@@ -28,6 +28,7 @@ from attn.engine.cost import model_cost
 from attn.engine.objective import objective_for
 from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
 from attn.engine.passes import NonFiniteGuard, evaluate, score_split, train_epoch
+from attn.engine.precision import Precision
 from attn.engine.pictures import Pictures
 from attn.engine.split_stats import SplitStats
 from attn.engine.train_state import TrainState
@@ -151,7 +152,7 @@ def _setup(cfg, info, reporter, tracker, log) -> _Run:
     torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
     model = build_model(cfg.model, data.spec, (data.mean, data.std)).to(info.device)
     optimizer = build_optimizer(model, tc)
-    state = TrainState(model, optimizer, build_scheduler(optimizer, tc))
+    state = TrainState(model, optimizer, build_scheduler(optimizer, tc), Precision(tc.precision, info.device))
     r, w, eval_bs = info.rank, info.world, cfg.eval.batch_size
     loaders = {
         "train": BatchLoader(data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=r, world=w),
@@ -219,7 +220,8 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
     progress = _EpochProgress(run.log, f"epoch {epoch + 1}/{tc.epochs}", tc.batch_size * run.info.world) \
         if run.chief else None
     tm = train_epoch(run.train_model, run.loaders["train"], run.data, state.optimizer, rl_coef=tc.rl_coef,
-                     device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite, progress=progress)
+                     device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite, progress=progress,
+                     precision=state.precision)
     vm = evaluate(state.model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
     lr = state.optimizer.param_groups[0]["lr"]
     step_scheduler(state.scheduler, vm["error"])

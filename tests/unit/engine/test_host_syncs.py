@@ -22,6 +22,7 @@ from attn.config import load_config
 from attn.data import BatchLoader, build_data
 from attn.engine.optim import build_optimizer
 from attn.engine.passes import NonFiniteGuard, train_epoch
+from attn.engine.precision import Precision
 from attn.engine.trainer import _EpochProgress
 from attn.models import build_model
 from helpers.cli import ROOT
@@ -51,7 +52,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _syncs(cfg, batches: int) -> collections.Counter:
+def _syncs(cfg, batches: int, precision: str = "fp32") -> collections.Counter:
     data = build_data(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.spec, (data.mean, data.std))
@@ -64,15 +65,16 @@ def _syncs(cfg, batches: int) -> collections.Counter:
     progress = _EpochProgress(lines.append, "epoch 1/1", bs, every_s=0.0)
     with SyncCounter() as counter:
         train_epoch(model, loader, data, optimizer, rl_coef=0.01, device=torch.device("cpu"),
-                    nonfinite=NonFiniteGuard(limit=20), progress=progress)
+                    nonfinite=NonFiniteGuard(limit=20), progress=progress,
+                    precision=Precision(precision, torch.device("cpu")))
     assert len(lines) == batches - 1 and all(
         re.fullmatch(rf"epoch 1/1 \| {i + 1}/{batches} batches \| [\d,]+ img/s \| epoch left \S+", line)
         for i, line in enumerate(lines)), lines
     return counter.found
 
 
-def _per_step(cfg_of) -> None:
-    few, many = _syncs(cfg_of(2), 2), _syncs(cfg_of(6), 6)
+def _per_step(cfg_of, precision: str = "fp32") -> None:
+    few, many = _syncs(cfg_of(2), 2, precision), _syncs(cfg_of(6), 6, precision)
     assert many == few, f"syncs that grow with the steps: {dict(many - few)}"
     assert sum(few.values()) <= 3, f"more than the end-of-pass reads: {dict(few)}"
 
@@ -85,6 +87,16 @@ def test_a_ram_training_step_reads_nothing_back(core):
             f"model.core.kind={core}", "model.hidden_size=32"])
 
     _per_step(cfg)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_mixed_precision_step_reads_nothing_back(precision):
+    """Autocast, and fp16's gradient scaler (unscale, skip on overflow, new scale) all stay on the device."""
+    def cfg(batches):
+        return load_config(ROOT / "experiments" / "mnist_ram.yaml", [
+            f"data.train_subset={16 * batches}", "data.eval_subset=16", "train.batch_size=16", "model.hidden_size=32"])
+
+    _per_step(cfg, precision)
 
 
 @pytest.mark.parametrize("core", ["lstm", "gtrxl"])
