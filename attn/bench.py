@@ -37,6 +37,7 @@ from attn.engine.optim import build_optimizer
 from attn.errors import AttnError
 from attn.engine.objective import objective_for
 from attn.engine.passes import NonFiniteGuard, guarded_step
+from attn.engine.precision import Precision
 from attn.models import build_model
 from attn.runtime import configure_torch
 
@@ -67,12 +68,14 @@ def _training_step(model, cfg, batch: int, images=None, labels=None, spec=SPEC, 
     objective = objective_for(spec)
     slots = objective.slots(labels)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    precision = Precision(cfg.train.precision, device)  # train.precision=bf16 among the overrides
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        terms = objective.loss(forward(images, **slots), labels, cfg.train.rl_coef)
-        terms.total.backward()
-        guarded_step(model, optimizer, guard, cfg.train.grad_clip)
+        with precision.autocast():
+            terms = objective.loss(forward(images, **slots), labels, cfg.train.rl_coef)
+        precision.backward(terms.total)
+        guarded_step(model, optimizer, guard, cfg.train.grad_clip, precision)
 
     return step
 
@@ -128,6 +131,7 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
         "repeats": repeats,
         "rates": [round(r, 1) for r in rates],
         **extra,
+        "precision": cfg.train.precision,
         "patch": m.retina.patch_size,
         "scales": m.retina.num_scales,
         "hidden": m.hidden_size,

@@ -62,7 +62,8 @@ def _worker(rank: int, world: int, cases: list, results: str, cuda: bool) -> Non
             WorkerInfo(rank, world, device),
             reporter,
             NullTracker(),
-            wrap_model=lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=ids),
+            wrap_model=lambda m, find_unused_parameters=False: torch.nn.parallel.DistributedDataParallel(
+                m, device_ids=ids, find_unused_parameters=find_unused_parameters),
             log=(lambda line: print(f"[{name}] {line}", flush=True)) if rank == 0 else (lambda line: None),
         )
         wall = time.perf_counter() - start
