@@ -76,6 +76,19 @@ def test_concurrency_from_cluster_resources():
         concurrency(gpu, {"CPU": 64.0, "GPU": 1.0})
 
 
+def test_trials_share_a_gpu_by_fractions_without_oversubscribing_its_cpus():
+    """ray.gpus_per_worker 0.25: four trials per GPU, unless the node's CPUs hold fewer (each trial's
+    worker keeps its ray.cpus_per_worker, and its torch threads follow them)."""
+    base = ["ray.gpus_per_worker=0.25", "ray.cpus_per_worker=2", "sweep.num_trials=40"]
+    cfg = load_config(ROOT / "experiments" / "mnist_sweep.yaml", base)
+    assert concurrency(cfg, {"CPU": 16.0, "GPU": 1.0}) == 4  # 4 x (2 + 0.1) CPUs fit in 16
+    assert concurrency(cfg, {"CPU": 64.0, "GPU": 8.0}) == 30  # 32 by GPUs, 30 by CPUs (64 / 2.1)
+    assert concurrency(cfg, {"CPU": 6.0, "GPU": 1.0}) == 2  # the CPUs run out first
+    eighth = load_config(ROOT / "experiments" / "mnist_sweep.yaml", base + ["ray.gpus_per_worker=0.125",
+                                                                             "ray.cpus_per_worker=1"])
+    assert concurrency(eighth, {"CPU": 16.0, "GPU": 1.0}) == 8
+
+
 def _toy_sweep(sampler, parallel: int = 2, trials: int = 12) -> list[dict]:
     """A 12-trial sweep of a toy objective (optimum lr 1e-3, 5 glimpses, core gtrxl with 2 layers), two
     trials running at a time as on this machine: each pair is asked for before either is told."""
