@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -80,3 +81,16 @@ def step_scheduler(scheduler, val_error: Optional[float]) -> None:
         scheduler.step(val_error)
     else:
         scheduler.step()
+
+
+def fit_schedule_to(scheduler, epochs: int) -> None:
+    """After a resume with another ``train.epochs``: a cosine schedule spans the new length from the
+    epoch reached (its learning rate now is the new cosine's there, falling to the minimum at the new
+    last epoch) instead of rising again past its old end. Other schedules do not depend on it."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    t = scheduler.last_epoch
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / epochs)) / 2
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

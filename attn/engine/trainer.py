@@ -26,7 +26,7 @@ from attn.data import BatchLoader, TaskData, build_data
 from attn.engine.checkpoint import BEST_FILE
 from attn.engine.cost import model_cost
 from attn.engine.objective import objective_for
-from attn.engine.optim import build_optimizer, build_scheduler, step_scheduler
+from attn.engine.optim import build_optimizer, build_scheduler, fit_schedule_to, step_scheduler
 from attn.engine.passes import NonFiniteGuard, evaluate, score_split, train_epoch
 from attn.engine.precision import Precision
 from attn.engine.pictures import Pictures
@@ -182,6 +182,7 @@ def _resume_or_transfer(run: _Run, init: Optional[tuple[dict[str, torch.Tensor],
     resume_dir = run.reporter.latest_checkpoint()
     if resume_dir is not None:
         state.restore(resume_dir, run.config_yaml)
+        fit_schedule_to(state.scheduler, tc.epochs)
         if run.chief:
             run.log(f"resuming from {resume_dir}: epoch {state.next_epoch}, best val error {state.best_error:.2f}%")
     if run.chief:

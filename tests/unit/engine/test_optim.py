@@ -82,3 +82,29 @@ def test_every_trainable_parameter_is_in_exactly_one_group():
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+
+
+def test_a_cosine_schedule_resumed_with_more_epochs_spans_the_new_length():
+    """--resume with train.epochs 10 -> 20 after 4 epochs: the learning rate continues on the cosine of
+    20 epochs (a float64 closed form), reaching 0 at epoch 20 instead of rising again after 10."""
+    import math
+
+    from attn.engine.optim import fit_schedule_to
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    fit_schedule_to(sched, 20)
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.05 * (1 + math.cos(math.pi * t / 20)) for t in range(4, 20)]
+    assert lrs == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    fit_schedule_to(plateau, 20)  # nothing to fit
