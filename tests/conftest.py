@@ -44,7 +44,8 @@ def _no_leftover_processes():
     yield
     if not sys.platform.startswith("linux"):
         return
-    deadline = time.time() + 10
+    # ATTN_LEAK_GRACE_S: the tiers test shortens the wait in the sessions it runs to leak on purpose
+    deadline = time.time() + float(os.environ.get("ATTN_LEAK_GRACE_S", "10"))
     while marked_pids() and time.time() < deadline:
         time.sleep(0.5)  # let Ray and servers finish their own shutdown first
     left = kill_marked()

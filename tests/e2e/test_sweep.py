@@ -111,7 +111,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     so, and it trains only the epochs after it) into its own MLflow run, each epoch logged once."""
     path = _sweep_file(
         tmp_path,
-        num_trials=2,  # two at a time: the first to finish triggers the cut, the other is cut mid-run
+        num_trials=3,  # two at a time: when the first finishes, another is mid-run
         sampler="random",
         seed=0,
         asha=None,
@@ -173,25 +173,25 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     exp = client.get_experiment_by_name("tiny_sweep")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 2 and len(runs) == 3
-    assert sorted(c.info.status for c in children) == ["FINISHED"] * 2
+    assert len(children) == 3 and len(runs) == 4
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 3
     by_trial = {c.data.tags["attn.trial_id"]: c for c in children}
     assert done_before | cut <= set(by_trial)
     for c in children:  # one curve per trial, each epoch once (a cut trial went on from its checkpoint)
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_error")]
         assert sorted(steps) == [0, 1, 2], (c.data.tags["attn.trial_id"], steps)
 
-    # The finished sweep asked for one more trial: it runs that one only, its sampler seeded with the two
-    # so far, into the same MLflow parent run.
-    more = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=3", timeout=400, env=env)
+    # The finished sweep asked for one more trial: it runs that one only, its sampler seeded with the
+    # three so far, into the same MLflow parent run.
+    more = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=4", timeout=400, env=env)
     assert more.returncode == 0, more.stderr[-3000:]
-    assert "2 trials done, running 1 more" in more.stdout, more.stdout[-3000:]
+    assert "3 trials done, running 1 more" in more.stdout, more.stdout[-3000:]
     new = {line.split()[2] for line in more.stdout.splitlines()
            if line.startswith("sweep: trial ") and line.split()[3] == "started:"}
     assert len(new) == 1 and not new & set(by_trial), new
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 3 and sorted(c.info.status for c in children) == ["FINISHED"] * 3
+    assert len(children) == 4 and sorted(c.info.status for c in children) == ["FINISHED"] * 4
     assert len(list(tmp_path.glob("runs/*/*/trials.csv"))) == 1
     rows = next(tmp_path.glob("runs/*/*/trials.csv")).read_text().strip().splitlines()
-    assert len(rows) == 4, rows  # header + every trial of both segments
+    assert len(rows) == 5, rows  # header + every trial of both segments

@@ -20,7 +20,7 @@ TESTS = ROOT / "tests"
 def _run_pytest(folder: Path, conftest: Path, test_code: str) -> subprocess.CompletedProcess:
     (folder / "conftest.py").write_text(conftest.read_text())
     (folder / "test_generated.py").write_text(test_code)
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "ATTN_LEAK_GRACE_S": "1"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:randomly", str(folder)],
         cwd=folder, capture_output=True, text=True, timeout=300, env=env,
