@@ -92,7 +92,7 @@ def main() -> int:
     if not args.cpu and not torch.cuda.is_available():
         print("error: no CUDA GPU is visible to PyTorch", file=sys.stderr)
         return 2
-    from svhn_fixture import make_svhn_dataset
+    from helpers.svhn_fixture import make_svhn_dataset
 
     from attn.data.multinumber import generate_multinumber
 
