@@ -313,8 +313,8 @@ def start_ray(cfg: ExperimentConfig) -> bool:
             runtime_env["env_vars"]["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
             # Ray Train's preemption watcher is for cluster nodes a cloud can take back; this one-machine
             # Ray has none, and the watcher's start-up logs a core-worker error line on every run
-            runtime_env["env_vars"].setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
-                                               os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
+            runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get(
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning",
                      **quiet)
     return True

@@ -10,7 +10,6 @@ read once, at the end of the pass (tests/unit/engine/test_host_syncs.py counts t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Callable, Optional
@@ -98,16 +97,17 @@ def guarded_step(
     precision: Optional[Precision] = None,
 ) -> torch.Tensor:
     """After ``backward()``: clip (if asked), then take the optimizer step unless the gradient norm is
-    NaN/inf. Returns found_inf (a () float tensor, 1.0 for a skipped step) without reading it."""
-    if precision is not None:
-        precision.unscale(optimizer)
+    NaN/inf. Returns found_inf (a () float tensor, 1.0 for a skipped step) without reading it.
+    ``precision`` None: fp32."""
+    precision = precision or Precision("fp32")
+    precision.unscale(optimizer)
     if grad_clip is not None:
         norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     else:
         norm = _grad_norm(model)
     found_inf = guard.observe(norm)
-    if precision is not None and precision.step(optimizer):
-        pass  # the scaler skipped an overflowed step itself (from the same gradients)
+    if precision.step(optimizer):
+        pass  # fp16: the scaler skipped an overflowed step itself (from the same gradients)
     elif optimizer.defaults.get("fused"):
         # the fused kernels leave weights, moments and step counts alone where found_inf is 1
         optimizer.found_inf = found_inf
@@ -116,6 +116,18 @@ def guarded_step(
     elif not bool(found_inf):
         optimizer.step()
     return found_inf
+
+
+def batch_loss(model: nn.Module, data: TaskData, objective, batch, *, rl_coef: float, device: torch.device,
+               precision: Precision):
+    """The forward pass of one training batch (images, labels, ids) and its loss terms -> (terms, labels
+    on the device). The slot count comes from the host labels: nothing is read from the device."""
+    images, labels, ids = batch
+    slots = objective.slots(labels)
+    x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
+    y = labels.to(device, non_blocking=True)
+    with precision.autocast():
+        return objective.loss(model(x, **slots), y, rl_coef), y
 
 
 # Per-pass sums, in this order.
@@ -150,17 +162,11 @@ def train_epoch(
     sums = torch.zeros(len(_TRAIN_SUMS) + 1, dtype=torch.float64, device=device)  # + image count
     start = time.perf_counter()
     n_batches = len(loader)
-    for i, (images, labels, ids) in enumerate(loader):
-        slots = objective.slots(labels)  # from the host copy of the labels: no device read
-        x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
-        y = labels.to(device, non_blocking=True)
-        with precision.autocast() if precision is not None else contextlib.nullcontext():
-            terms = objective.loss(model(x, **slots), y, rl_coef)
+    precision = precision or Precision("fp32", device)
+    for i, batch in enumerate(loader):
+        terms, y = batch_loss(model, data, objective, batch, rl_coef=rl_coef, device=device, precision=precision)
         optimizer.zero_grad(set_to_none=True)
-        if precision is not None:
-            precision.backward(terms.total)
-        else:
-            terms.total.backward()
+        precision.backward(terms.total)
         found_inf = guarded_step(model, optimizer, guard, grad_clip, precision)
         with torch.no_grad():
             b = terms.correct.new_full((), y.shape[0], dtype=sums.dtype)

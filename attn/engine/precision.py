@@ -24,7 +24,10 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Precision:
-    def __init__(self, name: str, device: torch.device):
+    """``train.precision`` on ``device`` (its type picks autocast's and the scaler's backend; fp32
+    uses neither, so it needs no device)."""
+
+    def __init__(self, name: str, device: torch.device = torch.device("cpu")):
         if name not in DTYPES:
             raise ValueError(f"unknown precision {name!r}")  # pragma: no cover - the schema admits only these
         self.name, self.dtype, self.device_type = name, DTYPES[name], device.type

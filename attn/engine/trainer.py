@@ -27,7 +27,7 @@ from attn.engine.checkpoint import BEST_FILE
 from attn.engine.cost import model_cost
 from attn.engine.objective import objective_for
 from attn.engine.optim import build_optimizer, build_scheduler, fit_schedule_to, step_scheduler
-from attn.engine.passes import NonFiniteGuard, evaluate, score_split, train_epoch
+from attn.engine.passes import NonFiniteGuard, batch_loss, evaluate, score_split, train_epoch
 from attn.engine.precision import Precision
 from attn.engine.pictures import Pictures
 from attn.engine.split_stats import SplitStats
@@ -285,13 +285,11 @@ def unused_parameters(model: nn.Module, loader: BatchLoader, data: TaskData, rl_
     """Names of the trainable parameters that one training step leaves without a gradient (e.g. the
     location network of a one-glimpse RAM, or DRAM's with ``model.policy_grad=detached``). The step is
     a probe: random state, buffers (batch-norm statistics) and gradients are put back afterwards."""
-    objective = objective_for(data.spec)
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        images, labels, ids = next(iter(loader))
-        x = data.model_input(images.to(device), train=True, ids=ids)
-        y = labels.to(device)
-        objective.loss(model(x, **objective.slots(labels)), y, rl_coef).total.backward()
+        terms, _ = batch_loss(model, data, objective_for(data.spec), next(iter(loader)), rl_coef=rl_coef,
+                              device=device, precision=Precision("fp32"))
+        terms.total.backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.zero_grad(set_to_none=True)
     model.load_state_dict(buffers)

@@ -132,17 +132,10 @@ def ensure_experiment(uri: str, name: str, artifact_location: Optional[str] = No
 
 def git_commit(cwd: Optional[Path] = None) -> Optional[str]:
     """The commit of the attn source that runs (not of the working directory), '-dirty' if modified."""
-    cwd = cwd or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    head = _git("rev-parse", "HEAD", cwd=cwd)
+    if head is None:
         return None
+    return head + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no", cwd=cwd) else "")
 
 
 def ui_link(uri: str, run_id: str) -> str:
@@ -159,11 +152,12 @@ def ui_link(uri: str, run_id: str) -> str:
     return f"http://127.0.0.1:5000/{route} (after: mlflow ui --backend-store-uri {uri})"
 
 
-def _git(*args: str) -> Optional[str]:
-    """``git ARGS`` in the attn source folder, or None (no git, not a checkout, no such ref)."""
+def _git(*args: str, cwd: Optional[Path] = None) -> Optional[str]:
+    """``git ARGS`` in ``cwd`` (the attn source folder), its output or None (no git, not a checkout,
+    no such ref, nothing printed)."""
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
+        out = subprocess.run(["git", *args], cwd=cwd or Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
         return out or None
     except (OSError, subprocess.SubprocessError):
         return None
