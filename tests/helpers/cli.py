@@ -133,10 +133,11 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
             assert join.returncode == 0, join.stderr[-3000:]
         yield address
     finally:
-        needles = (str(temp), f"127.0.0.1:{port}", f"--gcs-address={address}", f"--gcs_address={address}")
+        # ":{port}" also finds the Ray client server, which names the GCS by the node's other address
+        needles = (str(temp), f":{port}", f"--gcs-address={address}", f"--gcs_address={address}")
         mine = marked_pids_matching(*needles)
         kill_pids(mine, signal.SIGTERM)
-        deadline = time.time() + 3  # then SIGKILL: a test cluster has nothing to save
+        deadline = time.time() + 10
         while time.time() < deadline and any(alive(p) for p in mine):
             time.sleep(0.2)
         kill_pids(marked_pids_matching(*needles), signal.SIGKILL)
