@@ -1,9 +1,12 @@
 """Benchmarks, each printing a table and then JSON (one line per row):
 
-- ``python -m attn.bench ram [--batch 128] [--steps 200] [--compile] [--versus-loop] [key=value ...]``: full
-  training steps (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped
+- ``python -m attn.bench ram [--batch 128] [--steps 200] [--versus-loop] [--versus-eager] [key=value ...]``:
+  full training steps (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped
   input in this process with the default thread count: images/s (median over repeats) and peak
-  memory; ``--versus-loop`` adds the generic autograd loop, measured in alternation with it.
+  memory; ``--versus-loop`` adds the generic autograd loop, ``--versus-eager`` the uncompiled step
+  (with ``train.compile`` set), each measured in alternation with it. Like
+  every bench of training steps it takes ``train.compile=default`` (or ``reduce-overhead``) and
+  ``train.precision=bf16`` among the overrides.
 - ``python -m attn.bench dram [--batch 64] [--steps 20] [key=value ...]``: full training steps of DRAM
   (context net, two stacked cores, conv glimpse net, sequence hybrid loss) on random 54x54 gray input
   with labels of 1-3 digits plus the end token (4 label slots), 3 glimpses per digit (12 glimpses per
@@ -33,6 +36,7 @@ import torch
 
 from attn.config import load_config
 from attn.data.base import IGNORE_INDEX, DataSpec
+from attn.engine.compile import compile_training
 from attn.engine.optim import build_optimizer
 from attn.errors import AttnError
 from attn.engine.objective import objective_for
@@ -55,18 +59,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _training_step(model, cfg, batch: int, images=None, labels=None, spec=SPEC, device=None, compile: bool = False):
+def _training_step(model, cfg, batch: int, images=None, labels=None, spec=SPEC, device=None):
     """One full training step of ``model`` as a closure: the step of ``train_epoch`` without the
-    data loader. Default input: random MNIST-shaped images and labels."""
+    data loader, compiled as ``train.compile`` says (among the overrides, like ``train.precision``).
+    Default input: random MNIST-shaped images and labels."""
     device = device or torch.device("cpu")
     optimizer = build_optimizer(model, cfg.train)
-    forward = torch.compile(model) if compile else model
+    forward = compile_training(model, cfg.train.compile, device, print)
     if images is None:
         images = torch.randn(batch, 1, 28, 28)
         labels = torch.randint(0, 10, (batch,))
     images, labels = images.to(device), labels.to(device)
     objective = objective_for(spec)
-    slots = objective.slots(labels)
+    slots = objective.all_slots() if cfg.train.compile != "off" else objective.slots(labels)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     precision = Precision(cfg.train.precision, device)  # train.precision=bf16 among the overrides
 
@@ -102,9 +107,9 @@ def _rates(steps_of: list, batch: int, steps: int, repeats: int, device=None) ->
 
 
 def _training_rate(model, cfg, batch: int, steps: int, repeats: int, images=None, labels=None, spec=SPEC,
-                   device=None, compile: bool = False) -> list[float]:
+                   device=None) -> list[float]:
     """Images/s of full training steps of one model, one value per repeat (see :func:`_rates`)."""
-    step = _training_step(model, cfg, batch, images, labels, spec, device, compile)
+    step = _training_step(model, cfg, batch, images, labels, spec, device)
     return _rates([step], batch, steps, repeats, device)[0]
 
 
@@ -132,6 +137,7 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
         "rates": [round(r, 1) for r in rates],
         **extra,
         "precision": cfg.train.precision,
+        "compile": cfg.train.compile,
         "patch": m.retina.patch_size,
         "scales": m.retina.num_scales,
         "hidden": m.hidden_size,
@@ -144,25 +150,29 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
     }
 
 
-def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None, compile: bool = False,
-              versus_loop: bool = False) -> list[dict]:
-    """One row; with ``versus_loop`` two, measured in alternation: the model as built (the rnn core
-    runs the hand-written episode) and the same model through the generic autograd loop."""
+def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None,
+              versus_loop: bool = False, versus_eager: bool = False) -> list[dict]:
+    """One row, and one more for each comparison, all measured in alternation: ``versus_loop``, the
+    same model through the generic autograd loop (the rnn core otherwise runs the hand-written
+    episode); ``versus_eager``, with ``train.compile`` set, the same model uncompiled."""
     device = device or torch.device("cpu")
     cfg = load_config(None, overrides)
     configure_torch()
+    variants = [(cfg, False)] + ([(cfg, True)] if versus_loop else [])
+    if versus_eager and cfg.train.compile != "off":
+        variants.append((load_config(None, overrides + ["train.compile=off"]), False))
     models, steps_of = [], []
-    for loop in (False, True) if versus_loop else (False,):
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, SPEC).to(device)
+    for variant, loop in variants:
+        torch.manual_seed(variant.train.seed)
+        model = build_model(variant.model, SPEC).to(device)
         model.hand_written = model.hand_written and not loop
         models.append(model)
-        steps_of.append(_training_step(model, cfg, batch, device=device, compile=compile))
+        steps_of.append(_training_step(model, variant, batch, device=device))
     rates = _rates(steps_of, batch, steps, repeats, device)
     return [
-        _row("ram", model, cfg, r, batch, steps, repeats, device, glimpses=cfg.model.num_glimpses, compiled=compile,
-             episode="hand-written" if model.hand_written and not compile else "loop")
-        for model, r in zip(models, rates)
+        _row("ram", model, variant, r, batch, steps, repeats, device, glimpses=variant.model.num_glimpses,
+             episode="hand-written" if model.hand_written and variant.train.compile == "off" else "loop")
+        for model, (variant, _), r in zip(models, variants, rates)
     ]
 
 
@@ -355,10 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--canvas", type=int, nargs="+", default=[110, 186, 224], help="background: canvas sides")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ram, dram, background)")
-    p.add_argument("--compile", action="store_true", help="ram: run the model through torch.compile")
     p.add_argument(
         "--versus-loop", action="store_true",
         help="ram: also measure the generic autograd loop (in alternation) beside the hand-written rnn episode",
+    )
+    p.add_argument(
+        "--versus-eager", action="store_true",
+        help="ram with train.compile set: also measure the uncompiled step (in alternation)",
     )
     p.add_argument("--image", type=int, default=54, help="dram: side of the random input images")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="dram: channels of the input images")
@@ -370,15 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.which == "ram":
-            rows = bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device, args.compile,
-                             args.versus_loop)
-            keys = ["name", "device", "episode", "compiled", "core", "glimpses", "batch", "images_per_s", "ms_per_step",
-                    "peak_mem_mb", "threads"]
+            rows = bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device,
+                             args.versus_loop, args.versus_eager)
+            keys = ["name", "device", "episode", "compile", "precision", "core", "glimpses", "batch", "images_per_s",
+                    "ms_per_step", "peak_mem_mb", "threads"]
         elif args.which == "dram":
             rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides, device, args.image,
                                args.channels)]
-            keys = ["name", "device", "core", "context", "image", "glimpses_per_digit", "glimpses", "batch",
-                    "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
+            keys = ["name", "device", "compile", "precision", "core", "context", "image", "glimpses_per_digit",
+                    "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
         elif args.which == "background":
             rows = bench_background(args.batch or 128, args.steps or 10, args.repeats, args.canvas, device)
             keys = ["name", "device", "canvas", "mode", "batch", "images_per_s", "threads"]

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import yaml
 
-from attn.config import ExperimentConfig, apply_overrides, dump_config, validate_config
+from attn.config import ExperimentConfig, apply_overrides, dump_config, load_yaml, validate_config
 from attn.data import BatchLoader, build_data
 from attn.engine.checkpoint import architecture_differences
 from attn.engine.objective import objective_for
@@ -42,7 +41,7 @@ class EvalResult:
 
 
 def build_config(config_yaml: str, overrides: list[str], label: str) -> ExperimentConfig:
-    raw = yaml.safe_load(config_yaml) or {}
+    raw = load_yaml(config_yaml) or {}
     raw.pop("sweep", None)
     cfg = validate_config(apply_overrides(raw, overrides), f"the config of {label}")
     differ = architecture_differences(config_yaml, dump_config(cfg))

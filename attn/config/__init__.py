@@ -29,7 +29,7 @@ from attn.config.data import (
     DataConfig,
     data_config,
 )
-from attn.config.files import apply_overrides, dump_config, flatten, load_config, parse_override, read_yaml
+from attn.config.files import apply_overrides, dump_config, flatten, load_config, load_yaml, parse_override, read_yaml
 from attn.config.model import (
     CONTEXT_VARIANTS,
     CORE_VARIANTS,
@@ -69,6 +69,6 @@ __all__ = [
     "CoreConfig", "DataBase", "DataConfig", "DramConfig", "EvalConfig", "ExperimentConfig", "ModelBase",
     "ModelConfig", "RamConfig", "RayConfig", "RetinaConfig", "SearchDim", "SweepConfig", "TrackingConfig",
     "TrainConfig", "apply_overrides", "check_storage_folder", "context_config", "core_config", "data_config",
-    "dump_config", "flatten", "load_config", "model_config", "parse_override", "read_yaml", "set_key",
+    "dump_config", "flatten", "load_config", "load_yaml", "model_config", "parse_override", "read_yaml", "set_key",
     "validate_config",
 ]

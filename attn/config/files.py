@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,25 @@ import yaml
 from attn.config.schema import ExperimentConfig
 from attn.config.validation import validate_config
 from attn.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2: only true/false. PyYAML follows YAML 1.1, where on, off, yes
+    and no are booleans too, so ``compile: off`` would read as false and fail its own option list
+    (boolean keys still take yes/no/on/off: the schema reads those words as booleans)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Experiment YAML (files, overrides, dumped configs) -> Python values, booleans as in YAML 1.2."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -25,7 +45,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': the key must be dotted names, e.g. train.lr=0.001")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -60,7 +80,7 @@ def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         where = f" (the base of {_chain[-1]})" if _chain else ""
         raise ConfigError(f"{path}: no such experiment file{where}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -45,6 +45,14 @@ class TrainConfig(Section):
         description="Arithmetic of the training step: fp32; bf16 (autocast in bfloat16, no loss scaling); fp16 "
         "(autocast in float16 with a gradient scaler). Weights and optimizer state stay float32 in all three.",
     )
+    compile: Literal["off", "default", "reduce-overhead"] = Field(
+        "off",
+        description="torch.compile of the training episode (forward and backward; evaluation stays eager). "
+        "default: TorchInductor's fused kernels; reduce-overhead: the same replayed as CUDA graphs (a GPU; on a "
+        "CPU it compiles as default and says so). Each batch shape compiles once, so the last batch of an "
+        "epoch is filled up with the epoch's first images and sequence tasks read all label slots; the rnn "
+        "core takes the generic loop instead of its hand-written episode. The first steps wait for the compiler.",
+    )
     data_on_device: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Keep the stored images (uint8) on the training GPU, so that batches are sliced, placed "

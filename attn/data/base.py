@@ -154,7 +154,9 @@ class BatchLoader:
 
     Training (``shuffle=True``): a permutation seeded by (seed, epoch), padded by wrapping so every
     rank gets the same number of batches (DDP needs equal step counts), rank r taking positions
-    r, r + world, ... -- the same contract as ``torch.utils.data.DistributedSampler``.
+    r, r + world, ... -- the same contract as ``torch.utils.data.DistributedSampler``. ``fill_last``
+    (training only) pads further, so that every batch is full: the last one takes the epoch's first
+    images again (a compiled step then sees one batch shape).
     Evaluation (``shuffle=False``): rank r takes a contiguous shard without duplicates, so summed
     metrics over ranks count every image exactly once.
     """
@@ -168,7 +170,7 @@ class BatchLoader:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
-        drop_last: bool = False,
+        fill_last: bool = False,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -176,7 +178,7 @@ class BatchLoader:
         self.seed = seed
         self.rank = rank
         self.world = world
-        self.drop_last = drop_last
+        self.fill_last = fill_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -188,24 +190,24 @@ class BatchLoader:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(n, generator=g)
             per_rank = -(-n // self.world)
+            if self.fill_last:
+                per_rank = -(-per_rank // self.batch_size) * self.batch_size
             total = per_rank * self.world
             if total > n:
-                order = torch.cat([order, order[: total - n]])
+                order = order.repeat(-(-total // n))[:total]
             return order[self.rank :: self.world]
         bounds = [n * r // self.world for r in range(self.world + 1)]
         return torch.arange(bounds[self.rank], bounds[self.rank + 1])
 
     def __len__(self) -> int:
-        m = len(self._indices())
-        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+        return -(-len(self._indices()) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        stop = len(idx) - (len(idx) % self.batch_size if self.drop_last else 0)
         images = self.split.images
         on_host = images.device.type == "cpu"
         # images kept on a GPU are gathered there (an index copy, not an image copy, per batch)
         idx_images = idx if on_host else idx.to(images.device)
-        for start in range(0, stop, self.batch_size):
+        for start in range(0, len(idx), self.batch_size):
             b = idx[start : start + self.batch_size]
             yield images[idx_images[start : start + self.batch_size]], self.split.labels[b], self.split.ids[b]

@@ -61,12 +61,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def architecture_differences(saved_yaml: str, current_yaml: str) -> list[str]:
     """The keys that decide the weights' shapes (``model.*`` and ``data.task``) whose values differ,
     as ``key (checkpoint A, now B)``. Training keys (epochs, lr, ...) may change on resume."""
-    import yaml
-
-    from attn.config import flatten
+    from attn.config import flatten, load_yaml
 
     def shape_keys(text: str) -> dict[str, Any]:
-        flat = flatten(yaml.safe_load(text) or {})
+        flat = flatten(load_yaml(text) or {})
         return {k: v for k, v in flat.items() if k.startswith("model.") or k == "data.task"}
 
     before, now = shape_keys(saved_yaml), shape_keys(current_yaml)

@@ -119,11 +119,12 @@ def guarded_step(
 
 
 def batch_loss(model: nn.Module, data: TaskData, objective, batch, *, rl_coef: float, device: torch.device,
-               precision: Precision):
+               precision: Precision, all_slots: bool = False):
     """The forward pass of one training batch (images, labels, ids) and its loss terms -> (terms, labels
-    on the device). The slot count comes from the host labels: nothing is read from the device."""
+    on the device). The slot count comes from the host labels (nothing is read from the device), or
+    is every slot with ``all_slots`` (a compiled step: one episode length)."""
     images, labels, ids = batch
-    slots = objective.slots(labels)
+    slots = objective.all_slots() if all_slots else objective.slots(labels)
     x = data.model_input(images.to(device, non_blocking=True), train=True, ids=ids)
     y = labels.to(device, non_blocking=True)
     with precision.autocast():
@@ -146,9 +147,11 @@ def train_epoch(
     nonfinite: Optional[NonFiniteGuard] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     precision: Optional[Precision] = None,
+    all_slots: bool = False,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
-    ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32).
+    ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32); ``all_slots``:
+    sequence episodes read every label slot (see :func:`batch_loss`).
 
     accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
     tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the
@@ -164,7 +167,8 @@ def train_epoch(
     n_batches = len(loader)
     precision = precision or Precision("fp32", device)
     for i, batch in enumerate(loader):
-        terms, y = batch_loss(model, data, objective, batch, rl_coef=rl_coef, device=device, precision=precision)
+        terms, y = batch_loss(model, data, objective, batch, rl_coef=rl_coef, device=device, precision=precision,
+                              all_slots=all_slots)
         optimizer.zero_grad(set_to_none=True)
         precision.backward(terms.total)
         found_inf = guarded_step(model, optimizer, guard, grad_clip, precision)

@@ -24,6 +24,7 @@ from torch import nn
 from attn.config import ExperimentConfig, dump_config
 from attn.data import BatchLoader, TaskData, build_data
 from attn.engine.checkpoint import BEST_FILE
+from attn.engine.compile import compile_training
 from attn.engine.cost import model_cost
 from attn.engine.objective import objective_for
 from attn.engine.optim import build_optimizer, build_scheduler, fit_schedule_to, step_scheduler
@@ -155,7 +156,8 @@ def _setup(cfg, info, reporter, tracker, log) -> _Run:
     state = TrainState(model, optimizer, build_scheduler(optimizer, tc), Precision(tc.precision, info.device))
     r, w, eval_bs = info.rank, info.world, cfg.eval.batch_size
     loaders = {
-        "train": BatchLoader(data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=r, world=w),
+        "train": BatchLoader(data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=r, world=w,
+                             fill_last=tc.compile != "off"),
         "val": BatchLoader(data.val, eval_bs, shuffle=False, rank=r, world=w),
         "test": BatchLoader(data.test, eval_bs, shuffle=False, rank=r, world=w),
     }
@@ -222,7 +224,7 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
         if run.chief else None
     tm = train_epoch(run.train_model, run.loaders["train"], run.data, state.optimizer, rl_coef=tc.rl_coef,
                      device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite, progress=progress,
-                     precision=state.precision)
+                     precision=state.precision, all_slots=tc.compile != "off")
     vm = evaluate(state.model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
     lr = state.optimizer.param_groups[0]["lr"]
     step_scheduler(state.scheduler, vm["error"])
@@ -368,7 +370,8 @@ def fit(
     if unused and run.chief:
         log(f"{len(unused)} parameter(s) get no gradient in this configuration ({', '.join(unused[:3])}"
             f"{', ...' if len(unused) > 3 else ''}): DDP looks for them at every step")
-    run.train_model = wrap_model(run.state.model, find_unused_parameters=_any_rank(bool(unused), info.device))
+    wrapped = wrap_model(run.state.model, find_unused_parameters=_any_rank(bool(unused), info.device))
+    run.train_model = compile_training(wrapped, cfg.train.compile, info.device, log if run.chief else (lambda _: None))
     if run.chief and run.state.next_epoch == 0:
         _describe(run)
     run.pictures = Pictures(cfg, run.data, info.device) if run.chief else None

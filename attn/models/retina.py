@@ -99,18 +99,24 @@ class Retina(nn.Module):
 
     def _index_constants(self, height: int, width: int, padded_width: int, device: torch.device, dtype: torch.dtype):
         """Per image size, cached: (W/2, H/2) for :func:`glimpse_centres`, the flat strides (1, W + S) of
-        a padded image, and the (S*S,) offsets of an S x S patch's pixels from its top-left."""
+        a padded image, and the (S*S,) offsets of an S x S patch's pixels from its top-left. A compiled
+        episode builds them in its graph (the compiler folds them): filling the cache while tracing
+        would change what the graph was traced against and compile it again at the next call."""
+        if torch.compiler.is_compiling():
+            return self._make_constants(height, width, padded_width, device, dtype)
         key = (height, width, padded_width, device, dtype)
         cached = self._offset_cache.get(key)
         if cached is None:
-            o = torch.arange(self.S, device=device)
-            cached = (
-                torch.tensor([0.5 * width, 0.5 * height], device=device, dtype=dtype),
-                torch.tensor([1, padded_width], device=device),
-                (o[:, None] * padded_width + o[None, :]).reshape(-1),
-            )
-            self._offset_cache[key] = cached
+            cached = self._offset_cache[key] = self._make_constants(height, width, padded_width, device, dtype)
         return cached
+
+    def _make_constants(self, height: int, width: int, padded_width: int, device: torch.device, dtype: torch.dtype):
+        o = torch.arange(self.S, device=device)
+        return (
+            torch.tensor([0.5 * width, 0.5 * height], device=device, dtype=dtype),
+            torch.tensor([1, padded_width], device=device),
+            (o[:, None] * padded_width + o[None, :]).reshape(-1),
+        )
 
     def forward(
         self, padded: torch.Tensor, loc: torch.Tensor, height: int, width: int, out: Optional[torch.Tensor] = None

@@ -64,6 +64,24 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needle
         assert n in lines[0], lines[0]
 
 
+def test_the_words_off_and_on_are_options_and_booleans_still_read(tmp_path):
+    """YAML 1.1 reads off/on/yes/no as booleans, which would make `compile: off` or
+    `data_on_device: off` fail their own option lists; experiment YAML reads only true/false as
+    booleans, and a boolean key still takes the words."""
+    path = tmp_path / "e.yaml"
+    path.write_text("base: %s\ntrain: {compile: off, data_on_device: on}\ndata: {use_extra: no}\n"
+                    % (ROOT / "experiments" / "svhn_dram.yaml"))
+    cfg = load_config(path)
+    assert (cfg.train.compile, cfg.train.data_on_device, cfg.data.use_extra) == ("off", "on", False)
+    cfg = load_config(path, ["train.compile=reduce-overhead", "train.data_on_device=off", "data.use_extra=yes",
+                             "eval.seed=7"])
+    assert (cfg.train.compile, cfg.train.data_on_device, cfg.data.use_extra, cfg.eval.seed) == (
+        "reduce-overhead", "off", True, 7)
+    assert load_config(path, ["data.use_extra=True"]).data.use_extra is True
+    with pytest.raises(ConfigError, match="train.compile.*'off', 'default' or 'reduce-overhead'"):
+        load_config(path, ["train.compile=true"])
+
+
 def test_width_checked_at_load():
     with pytest.raises(ConfigError, match=r"model.core.num_heads = 3 must divide model.hidden_size = 256"):
         load_config(ROOT / "experiments" / "mnist_ram.yaml", ["model.core.kind=gpt2", "model.core.num_heads=3"])

@@ -113,6 +113,26 @@ def test_batch_loader_shards_cover_split_once():
     assert torch.equal(torch.cat([ids for ld in loaders for _, _, ids in ld]), ep0)
 
 
+def test_a_loader_that_fills_its_last_batch_has_full_batches_that_cover_the_split():
+    """fill_last (a compiled step: one batch shape): every batch of every rank is full, every image
+    is in the epoch, the padding repeats the epoch's first images, and the order is the unpadded one's."""
+    split = Split(torch.zeros(103, 1, 2, 2, dtype=torch.uint8), torch.arange(103), torch.arange(103))
+    for world, batch in ((1, 8), (2, 8), (3, 50), (2, 128)):
+        loaders = [BatchLoader(split, batch, shuffle=True, seed=3, rank=r, world=world, fill_last=True)
+                   for r in range(world)]
+        plain = [BatchLoader(split, batch, shuffle=True, seed=3, rank=r, world=world) for r in range(world)]
+        for filled, unfilled in zip(loaders, plain):
+            batches = [ids for _, _, ids in filled]
+            assert len(batches) == len(filled) == len(unfilled) and {len(b) for b in batches} == {batch}
+            head = torch.cat([ids for _, _, ids in unfilled])
+            assert torch.equal(torch.cat(batches)[: len(head)], head)
+        seen = torch.cat([ids for ld in loaders for _, _, ids in ld])
+        assert set(seen.tolist()) == set(range(103)) and len(seen) == world * len(loaders[0]) * batch
+    order = torch.randperm(103, generator=torch.Generator().manual_seed(3 * 100_003))
+    first = torch.cat([ids for _, _, ids in BatchLoader(split, 8, shuffle=True, seed=3, fill_last=True)])
+    assert torch.equal(first[103:], order[:1])  # 104 = 13 full batches: the first image again
+
+
 def test_images_kept_on_another_device_are_gathered_there_and_labels_stay_on_the_host():
     """train.data_on_device: the loader slices a split whose images live on another device there (the
     meta device stands in for a GPU: shapes without memory), in the same batches as on the host, with
