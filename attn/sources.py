@@ -10,13 +10,16 @@ A source is one of:
                                             newest checkpoint), or a saved MLflow model folder (MLmodel)
 
 :func:`load_source` returns the weights as a state dict and the config they were trained with.
-Checkpoint files are read with ``weights_only=True``; MLflow models are unpickled by MLflow (only
-load models you trust, as with any pickled PyTorch model).
+Checkpoint files are read with ``weights_only=True``. MLflow models are pickled: one from a store
+is unpickled only when its files carry the digest its attn run recorded (``attn.model_digest``,
+:mod:`attn.tracking.model_format`), so a replaced artifact or a model no attn run logged is refused;
+a model folder on disk has no run to check it against and is unpickled with a plain note saying so.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ import torch
 
 from attn.engine.checkpoint import BEST_FILE, CONFIG_FILE, load_file
 from attn.errors import CheckpointError, TrackingError
-from attn.tracking import download, get_run, newest_finished_run
+from attn.tracking import MODEL_DIGEST_TAG, download, folder_digest, get_run, model_run, newest_finished_run
 from attn.tracking.model_format import is_model_folder, load_model_folder
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -48,7 +51,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _from_folder(folder: Path, label: str) -> TrainedWeights:
     if is_model_folder(folder):
-        return _from_mlflow_model_dir(folder, label)
+        return _from_local_model(folder, label)
     if not (folder / BEST_FILE).is_file():
         # a run folder: its newest checkpoint_* holds the latest best weights
         ckpts = sorted((p for p in folder.rglob(BEST_FILE) if p.parent.name.startswith("checkpoint")), key=lambda p: p.parent.name)
@@ -74,15 +77,44 @@ def _from_mlflow_model_dir(folder: Path, label: str) -> TrainedWeights:
     return TrainedWeights(state, config_yaml, label)
 
 
+def _from_local_model(folder: Path, label: str) -> TrainedWeights:
+    print(f"note: {label} is an MLflow model folder on disk; loading it unpickles it, which runs code from the "
+          "folder: load only folders you trust (a checkpoint's best_model.pt is read as weights only)",
+          file=sys.stderr, flush=True)
+    return _from_mlflow_model_dir(folder, label)
+
+
+def _check_logged_by_attn(local: Path, uri: str, tracking_uri: str) -> str:
+    """The id of the attn run that logged the model downloaded to ``local``; refuses (before anything
+    is unpickled) a model whose files are not the ones that run recorded."""
+    run_id = model_run(tracking_uri, uri)
+    if run_id is None:
+        raise CheckpointError(
+            f"{uri}: attn unpickles only MLflow models an attn run of this store logged, and this URI names no "
+            "run; give runs:/RUN_ID/model, a registered models:/NAME/VERSION, or the run id (weights only)"
+        )
+    recorded = get_run(tracking_uri, run_id).tags.get(MODEL_DIGEST_TAG)
+    if recorded is None:
+        raise CheckpointError(
+            f"{uri}: run {run_id} recorded no {MODEL_DIGEST_TAG} (an attn run logs one with its model), so attn "
+            f"does not unpickle this model; load the run's checkpoint instead: its run id {run_id} (weights only)"
+        )
+    if folder_digest(local) != recorded:
+        raise CheckpointError(
+            f"{uri}: the model's files are not the ones run {run_id} logged (their digest differs from its "
+            f"{MODEL_DIGEST_TAG}), so attn does not unpickle them; load the run's checkpoint by its run id {run_id}"
+        )
+    return run_id
+
+
 def _from_model_uri(uri: str, tracking_uri: str) -> TrainedWeights:
     try:
         local = download(tracking_uri, Path(tempfile.mkdtemp(prefix="attn-model-")), artifact_uri=uri)
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"cannot fetch the MLflow model {uri} from {tracking_uri} ({_first_line(exc)})") from None
+    run_id = _check_logged_by_attn(local, uri, tracking_uri)
     weights = _from_mlflow_model_dir(local, uri)
-    m = re.match(r"^runs:/([0-9a-f]{32})/", uri)
-    if m:
-        weights.run_id = m.group(1)
+    weights.run_id = run_id
     return weights
 
 
@@ -130,7 +162,7 @@ def _load_path(path: Path, label: str) -> TrainedWeights:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.name == "MLmodel":
-        return _from_mlflow_model_dir(path.parent, label)
+        return _from_local_model(path.parent, label)
     config = path.parent / CONFIG_FILE
     if not config.is_file():
         raise CheckpointError(f"{path}: {CONFIG_FILE} missing beside it; the model's config is needed to rebuild it")

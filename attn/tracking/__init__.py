@@ -10,7 +10,7 @@ MLflow itself is imported inside the functions that use it: it takes seconds to 
 commands (a bad config, ``--help``) never need it.
 """
 
-from attn.tracking.model_format import MODEL_ARTIFACT, MODEL_CONFIG
+from attn.tracking.model_format import MODEL_ARTIFACT, MODEL_CONFIG, MODEL_DIGEST_TAG, folder_digest
 from attn.tracking.store import (
     RunRecord,
     artifact_listing,
@@ -25,6 +25,7 @@ from attn.tracking.store import (
     git_commit,
     log_artifact,
     log_metric,
+    model_run,
     newest_finished_run,
     open_store,
     reopen_run,
@@ -37,8 +38,9 @@ from attn.tracking.store import (
 from attn.tracking.writer import MlflowTracker
 
 __all__ = [
-    "MODEL_ARTIFACT", "MODEL_CONFIG", "MlflowTracker", "RunRecord", "artifact_listing", "check_reachable",
-    "child_runs", "default_artifact_location", "download", "end_killed", "end_run", "ensure_experiment",
-    "get_run", "git_commit", "log_artifact", "log_metric", "newest_finished_run", "open_store", "reopen_run",
-    "resolve_tracking_uri", "run_history", "set_tags", "start_run", "ui_link",
+    "MODEL_ARTIFACT", "MODEL_CONFIG", "MODEL_DIGEST_TAG", "MlflowTracker", "RunRecord", "artifact_listing",
+    "check_reachable", "child_runs", "default_artifact_location", "download", "end_killed", "end_run",
+    "ensure_experiment", "folder_digest", "get_run", "git_commit", "log_artifact", "log_metric", "model_run",
+    "newest_finished_run", "open_store", "reopen_run", "resolve_tracking_uri", "run_history", "set_tags", "start_run",
+    "ui_link",
 ]

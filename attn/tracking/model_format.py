@@ -4,11 +4,17 @@ Every run logs its best model under ``model/`` (``runs:/<run id>/model``): the w
 (an episode's control flow is Python, which the traced 'pt2' format would freeze), with the training
 config as ``attn_config.yaml`` beside it, so that ``mlflow.pytorch.load_model`` gives a working model
 and ``run.py eval`` can rebuild the architecture from the config.
+
+Unpickling runs code, so attn unpickles only a model its own run wrote: when a run logs the model it
+records a digest of the model's files as the run tag ``attn.model_digest`` (in the tracking store,
+beside the run, not among the artifacts), and :func:`attn.sources.load_source` refuses a downloaded
+model whose files do not have that digest (replaced artifacts, or a model no attn run logged).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,20 @@ MODEL_ARTIFACT = "model"
 """Where every run logs its best model in MLflow's PyTorch format: ``runs:/<run id>/model``."""
 MODEL_CONFIG = "attn_config.yaml"
 """The training config inside a logged model's folder (MLflow ``extra_files``)."""
+MODEL_DIGEST_TAG = "attn.model_digest"
+"""The run tag holding :func:`folder_digest` of the model folder the run logged."""
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over every file below ``folder``: its relative path and its bytes, in path order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def save_model(model: Any, config_yaml: str, folder: Path) -> Path:

@@ -342,6 +342,35 @@ def artifact_listing(uri: str, run_id: str, path: str = "") -> dict[str, bool]:
     return {f.path: f.is_dir for f in mlflow_client(uri).list_artifacts(run_id, path or None)}
 
 
+def _registered_model(uri: str, model_uri: str) -> Optional[tuple[Optional[str], str]]:
+    """(run id, artifact location) of a ``models:/`` URI: a registered version ``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS``, or an MLflow 3 logged model ``models:/m-ID``; None for any other URI."""
+    import re
+
+    m = re.match(r"^models:/([^/@]+)(?:/([^/]+)|@([^/]+))?/?$", model_uri)
+    if not m:
+        return None
+    name, version, alias = m.groups()
+    client = mlflow_client(uri)
+    try:
+        if version is None and alias is None:
+            logged = client.get_logged_model(name)
+            return logged.source_run_id, logged.artifact_location
+        found = client.get_model_version(name, version) if alias is None else client.get_model_version_by_alias(name, alias)
+        return found.run_id, client.get_model_version_download_uri(name, found.version)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing model
+        raise TrackingError(f"no MLflow model {model_uri} at {uri} ({_first_line(exc)})") from None
+
+
+def model_run(uri: str, model_uri: str) -> Optional[str]:
+    """The id of the run that logged the model ``model_uri`` names (``runs:/RUN_ID/...`` or a
+    ``models:/`` URI, see :func:`_registered_model`); None for a URI that names no run."""
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].split("/", 1)[0] or None
+    found = _registered_model(uri, model_uri)
+    return found[0] if found else None
+
+
 def download(uri: str, dest: Path, *, run_id: Optional[str] = None, artifact_path: str = "",
              artifact_uri: Optional[str] = None) -> Path:
     """Fetch a run's artifact (``run_id`` + ``artifact_path``) or any ``artifact_uri`` (``runs:/...``,
@@ -351,6 +380,9 @@ def download(uri: str, dest: Path, *, run_id: Optional[str] = None, artifact_pat
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
     Path(dest).mkdir(parents=True, exist_ok=True)
     if artifact_uri is not None:
+        registered = _registered_model(uri, artifact_uri)
+        if registered is not None:  # MLflow would look the name up in the default registry, not at uri
+            artifact_uri = registered[1]
         local = download_artifacts(artifact_uri=artifact_uri, dst_path=str(dest), tracking_uri=uri)
     else:
         local = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest), tracking_uri=uri)

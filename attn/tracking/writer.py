@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from attn.errors import TrackingError
-from attn.tracking.model_format import MODEL_ARTIFACT, save_model
+from attn.tracking.model_format import MODEL_ARTIFACT, MODEL_DIGEST_TAG, folder_digest, save_model
 from attn.tracking.store import mlflow_client
 
 
@@ -74,6 +74,7 @@ class MlflowTracker:
         training config inside (:mod:`attn.tracking.model_format`)."""
         with tempfile.TemporaryDirectory(prefix="attn-model-") as tmp:
             folder = save_model(model, config_yaml, Path(tmp))
+            self.set_tag(MODEL_DIGEST_TAG, folder_digest(folder))  # what loading it checks before unpickling
             self.log_artifact(str(folder), MODEL_ARTIFACT)
 
     def set_tag(self, key: str, value: str) -> None:

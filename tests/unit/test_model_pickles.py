@@ -1,0 +1,96 @@
+"""A pickled MLflow model is unpickled only when an attn run of the store logged exactly those files:
+the model a run logs loads by runs:/ and as a registered version; a model whose files were replaced
+after the run (here: a pickle that would create a file when unpickled) and a model no attn run logged
+are refused in one line before anything is unpickled; a model folder on disk loads with a plain note
+that it unpickles. A real MLflow store (sqlite and a file artifact store), no server."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+from attn.config import dump_config, load_config
+from attn.data.base import DataSpec
+from attn.errors import CheckpointError
+from attn.models import build_model
+from attn.sources import load_source
+from attn.tracking import MlflowTracker
+from attn.tracking.model_format import save_model
+from attn.tracking.store import mlflow_client
+from helpers.cli import ROOT
+
+MNIST_SPEC = DataSpec(1, 28, 28, 10, tuple(str(i) for i in range(10)))
+
+
+class Evil:
+    """Unpickling this creates ``marker``: what a replaced model file could do instead."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment = client.create_experiment("pickles", artifact_location=(tmp_path / "artifacts").as_uri())
+    cfg = load_config(ROOT / "experiments" / "mnist_ram.yaml", ["model.hidden_size=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, MNIST_SPEC)
+    run = client.create_run(experiment)
+    tracker = MlflowTracker(uri, run.info.run_id, log=lambda line: None)
+    tracker.log_model(model, dump_config(cfg))
+    tracker.close()
+    return uri, client, experiment, run.info.run_id, model, cfg
+
+
+def test_the_model_an_attn_run_logged_loads_by_run_and_as_a_registered_version(store):
+    uri, client, _, run_id, model, _ = store
+    weights = load_source(f"runs:/{run_id}/model", uri)
+    assert weights.run_id == run_id and weights.state.keys() == model.state_dict().keys()
+    assert all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
+    client.create_registered_model("ram-small")
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    client.create_model_version("ram-small", source, run_id=run_id)
+    assert load_source("models:/ram-small/1", uri).run_id == run_id
+
+
+def test_a_replaced_model_file_is_refused_before_it_is_unpickled(store, tmp_path):
+    uri, client, _, run_id, _, _ = store
+    marker = tmp_path / "unpickled"
+    evil = tmp_path / "evil" / "model.pth"
+    evil.parent.mkdir()
+    torch.save(Evil(marker), evil)
+    client.log_artifact(run_id, str(evil), "model/data")  # over the logged model.pth
+    with pytest.raises(CheckpointError, match=rf"not the ones run {run_id} logged.*does not unpickle") as err:
+        load_source(f"runs:/{run_id}/model", uri)
+    assert "\n" not in str(err.value) and not marker.exists()
+    torch.load(evil, weights_only=False)  # the file really runs code when unpickled
+    assert marker.exists()
+
+
+def test_a_model_no_attn_run_logged_is_refused(store, tmp_path):
+    uri, client, experiment, _, model, cfg = store
+    (tmp_path / "made").mkdir()
+    folder = save_model(model, dump_config(cfg), tmp_path / "made")
+    other = client.create_run(experiment).info.run_id
+    client.log_artifacts(other, str(folder), "model")  # attn's format, but no run recorded its digest
+    with pytest.raises(CheckpointError, match=rf"run {other} recorded no attn.model_digest.*its run id {other}"):
+        load_source(f"runs:/{other}/model", uri)
+
+
+def test_a_model_folder_on_disk_loads_with_a_note_that_it_unpickles(store, tmp_path, capsys):
+    _, _, _, _, model, cfg = store
+    (tmp_path / "saved").mkdir()
+    folder = save_model(model, dump_config(cfg), tmp_path / "saved")
+    shutil.copytree(folder, tmp_path / "copy")
+    weights = load_source(str(tmp_path / "copy"), "sqlite:///unused.db")
+    assert all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
+    note = capsys.readouterr().err.strip()
+    assert note.startswith(f"note: {tmp_path / 'copy'} is an MLflow model folder on disk; loading it unpickles it")
