@@ -31,7 +31,9 @@ class DataBase(Section):
 
     task: str = Field("mnist", description=(
             "mnist: 28x28 digits, one label (RAM); mnist_translated / mnist_cluttered: the RAM paper's "
-            "MNIST digits at a random spot of a larger canvas (with clutter); svhn: SVHN format 1 house "
+            "MNIST digits at a random spot of a larger canvas (with clutter); mnist_pairs: two MNIST digits on a "
+            "100 x 100 canvas read as a two-digit sequence, smaller first (DRAM); mnist_addition: the same "
+            "canvases labelled with the sum of the two digits (19 classes); svhn: SVHN format 1 house "
             "numbers, digit sequences (DRAM), Goodfellow et al. crops; svhn_background: the same numbers "
             "placed at a random spot of a canvas_size x canvas_size extended background (the model must "
             "search); multinumber: two numbers per 224 x 224 image made by `python run.py prepare "
@@ -211,6 +213,49 @@ class ClutteredData(TranslatedData):
         return self
 
 
+class PairsData(_Split, DataBase):
+    sequence: ClassVar[bool] = True
+    task: Literal["mnist_pairs"] = "mnist_pairs"
+    mnist_canvas_size: int = Field(
+        100,
+        ge=84,
+        le=1024,
+        description=(
+            "mnist_pairs / mnist_addition: side N of the black canvas two 28x28 digits are put on without "
+            "overlap (the DRAM paper: 100; at least 84, so that any first digit leaves room for the second)."
+        ),
+    )
+    placement_seed: int = Field(
+        0,
+        ge=0,
+        description=(
+            "mnist_pairs / mnist_addition: seed of which digit each digit is paired with (in every split, "
+            "within the split) and of the evaluation canvases (the two positions)."
+        ),
+    )
+
+    key_hints: ClassVar[dict[str, str]] = {
+        "canvas_size": "the canvas side of {task!r} is data.mnist_canvas_size (100 in the paper)"
+    }
+
+    def label_slots(self) -> int:
+        return 3
+
+    def slots_key(self) -> str:
+        return "3 label slots (two digits, then the end token)"
+
+
+class AdditionData(PairsData):
+    sequence: ClassVar[bool] = False
+    task: Literal["mnist_addition"] = "mnist_addition"
+
+    def label_slots(self) -> int:
+        return 1
+
+    def slots_key(self) -> str:
+        return "1 label slot (the sum)"
+
+
 class SvhnData(_SvhnCrops, _Split, DataBase):
     sequence: ClassVar[bool] = True
     task: Literal["svhn"] = "svhn"
@@ -364,6 +409,8 @@ DATA_VARIANTS: dict[str, type[DataBase]] = {
     "mnist": MnistData,
     "mnist_translated": TranslatedData,
     "mnist_cluttered": ClutteredData,
+    "mnist_pairs": PairsData,
+    "mnist_addition": AdditionData,
     "svhn": SvhnData,
     "svhn_background": SvhnBackgroundData,
     "multinumber": MultinumberData,

@@ -167,7 +167,9 @@ class ContextBase(Section):
             "(area averaging), so its cost does not grow with the canvas; resnet50: torchvision's "
             "ResNet-50 (frozen, always in eval mode) on the RGB image with ImageNet normalisation, then a "
             "trainable Linear(2048 -> d); vit: a transformers ViT encoder (frozen) whose tokens, projected "
-            "to d, the top Transformer stream reads by cross-attention in every layer (Transformer cores only)."
+            "to d, the top Transformer stream reads by cross-attention in every layer (Transformer cores only); "
+            "none: no context network (the DRAM paper's ablation): the top layer starts from a learned vector, "
+            "the same for every image, so the first location is learned but does not depend on the image."
         ))
 
 
@@ -228,8 +230,13 @@ class VitContext(Resnet50Context):
         return self
 
 
+class NoContext(ContextBase):
+    kind: Literal["none"] = "none"
+
+
 CONTEXT_VARIANTS: dict[str, type[ContextBase]] = {
     "cnn": CnnContext, "snapshot": SnapshotContext, "resnet50": Resnet50Context, "vit": VitContext,
+    "none": NoContext,
 }
 
 

@@ -296,11 +296,6 @@ class ExperimentConfig(Section):
                 "(patch_size * scale**(num_scales-1)); keep it at most 4096"
             )
         m, d = self.model, self.data
-        if m.name == "dram" and not d.sequence:
-            raise ValueError(
-                f"model.name = 'dram' reads digit sequences; data.task = {d.task!r} has one label per "
-                f"image: use model.name=ram, or a sequence task ({', '.join(SEQUENCE_TASKS)})"
-            )
         if m.name == "ram" and d.sequence:
             raise ValueError(
                 f"model.name = 'ram' predicts one label; data.task = {d.task!r} has digit sequences: "

@@ -25,6 +25,8 @@ class DataSpec:
     max_tokens: label slots L per image: 1 for classification (labels (N,)), > 1 for sequence tasks
         (labels (N, L): tokens then ``end_token``, then IGNORE_INDEX).
     end_token: the class that ends a sequence; None for classification.
+    unordered_slots: how many leading label slots are scored as a set (their order does not count:
+        mnist_pairs' two digits); 0: every slot in order.
     """
 
     channels: int
@@ -34,6 +36,7 @@ class DataSpec:
     class_names: tuple[str, ...]
     max_tokens: int = 1
     end_token: Optional[int] = None
+    unordered_slots: int = 0
 
     @property
     def is_sequence(self) -> bool:

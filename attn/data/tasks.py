@@ -55,6 +55,8 @@ TASKS: dict[str, Task] = {
         Task("mnist", "attn.data.mnist:load_mnist_task"),
         Task("mnist_translated", "attn.data.mnist_variants:load_mnist_variant"),
         Task("mnist_cluttered", "attn.data.mnist_variants:load_mnist_variant"),
+        Task("mnist_pairs", "attn.data.mnist_pairs:load_mnist_pairs"),
+        Task("mnist_addition", "attn.data.mnist_pairs:load_mnist_pairs"),
         Task("svhn", "attn.data.svhn:load_svhn", "attn.data.svhn:check_svhn", prepare="svhn"),
         Task(
             "svhn_background", "attn.data.svhn:load_svhn", "attn.data.svhn:check_svhn",

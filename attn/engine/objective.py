@@ -55,6 +55,15 @@ class Objective:
     def score_batch(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def predict(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """The predicted classes (B,) or tokens (B, L): the most probable in each slot, the leading
+        ``spec.unordered_slots`` sorted (a set scored in any order then matches its sorted label)."""
+        pred = log_probs.argmax(-1)
+        u = self.spec.unordered_slots
+        if u:
+            pred = torch.cat([pred[:, :u].sort(dim=1).values, pred[:, u:]], dim=1)
+        return pred
+
     def train_extras(self, total: dict[str, float], count: float) -> dict[str, float]:
         """Metrics of a training pass besides loss, accuracy and error, from its sums."""
         return {}
@@ -82,7 +91,7 @@ class Classification(Objective):
 
     def score_batch(self, log_probs, targets):
         nll = F.nll_loss(log_probs, targets, reduction="sum")
-        correct = (log_probs.argmax(-1) == targets).sum().to(nll.dtype)
+        correct = (self.predict(log_probs) == targets).sum().to(nll.dtype)
         one = torch.tensor(float(targets.shape[0]), device=nll.device, dtype=nll.dtype)
         return torch.stack([nll, one, correct, correct, correct, one, correct, one])
 
@@ -119,7 +128,7 @@ class Sequences(Objective):
         """nll sums over label tokens; digits are the tokens other than the end token."""
         end = self.spec.end_token
         y = targets[:, : log_probs.shape[1]]
-        out = sequence_outcome(log_probs.argmax(-1), y, end)
+        out = sequence_outcome(self.predict(log_probs), y, end)
         nll = F.nll_loss(log_probs.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum")
         digit = out.valid & (y != end)
         parts = [out.valid.sum(), out.correct.sum(), out.token_correct.sum(), (out.token_correct & digit).sum(),

@@ -36,7 +36,7 @@ class SplitStats:
         self.glimpse_hist.view(-1).index_add_(
             0, y * self.width + x, torch.ones(len(x), dtype=torch.float64, device=x.device)
         )
-        self.table.add(log_probs.argmax(-1), targets)
+        self.table.add(objective_for(self.spec).predict(log_probs), targets)
 
     def reduce(self) -> None:
         """Sum over DDP ranks (every rank must call it)."""

@@ -15,7 +15,7 @@ from torch import nn
 from attn.config import ContextBase, CoreBase, DramConfig, ModelBase, RamConfig
 from attn.data.base import DataSpec
 from attn.errors import ConfigError
-from attn.models.context import ContextCNN, ResNet50Context, SnapshotContext, ViTContext, check_weights
+from attn.models.context import ContextCNN, NoContext, ResNet50Context, SnapshotContext, ViTContext, check_weights
 from attn.models.cores import Core
 from attn.models.cores.rnn import LSTMCore, RNNCore
 from attn.models.glimpse import ConvGlimpseNetwork, GlimpseNetwork
@@ -28,8 +28,6 @@ def build_model(cfg: ModelBase, spec: DataSpec, input_norm: tuple[float, float] 
     if isinstance(cfg, RamConfig):
         return _ram(cfg, spec)
     if isinstance(cfg, DramConfig):
-        if spec.end_token is None:
-            raise ValueError("dram reads label sequences; this dataset has one label per image")
         return _dram(cfg, spec, input_norm)
     raise ValueError(f"unknown model {cfg.name!r}")  # pragma: no cover - the schema admits only these
 
@@ -74,6 +72,7 @@ def _dram(cfg: DramConfig, spec: DataSpec, input_norm: tuple[float, float]):
         retina, glimpse, context, lower, upper, num_classes=spec.num_classes, max_tokens=spec.max_tokens,
         hidden_size=d, explore_steps=cfg.explore_steps, glimpses_per_digit=cfg.glimpses_per_digit,
         policy_std=cfg.policy_std, routing=cfg.routing, rgb_glimpses=rgb, query=query,
+        classify=not spec.is_sequence,
     )
 
 
@@ -153,4 +152,6 @@ def build_context(
         return ResNet50Context(out_size, cfg.weights, input_norm)
     if cfg.kind == "vit":
         return ViTContext(out_size, cfg.weights, cfg.vit_config, input_norm)
+    if cfg.kind == "none":
+        return NoContext(out_size)
     raise ValueError(f"unknown context {cfg.kind!r}")  # pragma: no cover - the schema admits only these

@@ -20,6 +20,9 @@ normalisation (mean = std = 0.5); its last hidden state (B, M, D) (M = 1 + patch
 by a trainable Linear(D -> d) into memory tokens that the top Transformer stream reads by
 cross-attention (there is no ctx vector: see :class:`attn.models.dram.DRAM`).
 
+``none``: no context network (the DRAM paper's ablation): ctx is a learned vector (d,), the same
+for every image.
+
 Backbones read pixel values, so they undo the data normalisation first: x01 = x * std + mean with
 the dataset's (mean, std), gray images repeated to three channels.
 """
@@ -73,6 +76,18 @@ class ContextCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(images).flatten(1))
+
+
+class NoContext(nn.Module):
+    """``none``: images (B, C, H, W) -> a learned ctx (B, d), the same for every image (zeros at first,
+    so that the first location starts at the location net's output for a zero state)."""
+
+    def __init__(self, out_size: int):
+        super().__init__()
+        self.ctx = nn.Parameter(torch.zeros(out_size))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.ctx.expand(images.shape[0], -1)
 
 
 class SnapshotContext(nn.Module):

@@ -25,6 +25,9 @@ There are G = L (E + N) glimpses; step s = 0 .. G-1 emits the location of glimps
 context), so log_pi and baselines are (B, G) and ``step_slot[s]`` = s // (E + N) is the label slot
 whose glimpse uses that location. No teacher forcing: labels are never fed back.
 
+On a classification task (one label per image, e.g. mnist_addition) there is one slot: its
+E + N glimpses, then the one prediction, returned as a RAM :class:`~attn.models.ram.Episode`.
+
 Gradient routing (``model.policy_grad``; the sampled locations are always detached):
     top (default): mu reads h2; r2 reads h1.detach(). REINFORCE trains the location net, r2 and the
         context net (as in the paper); classification trains the glimpse net and r1.
@@ -44,6 +47,7 @@ from torch import nn
 from attn.models.cores import Core, SequenceCore
 from attn.models.glimpse import ConvGlimpseNetwork
 from attn.models.policy import BaselineNetwork, Classifier, LocationNetwork, gaussian_log_prob
+from attn.models.ram import Episode
 from attn.models.retina import Retina
 
 Policy = Literal["sample", "mean"]
@@ -85,12 +89,15 @@ class DRAM(nn.Module):
         routing: Literal["detached", "top", "full"] = "top",
         rgb_glimpses: bool = False,
         query: Optional[nn.Parameter] = None,
+        classify: bool = False,
     ):
         """DRAM from its parts: the retina, the glimpse network, the context network, the lower
         (classification) core r^(1) and the upper (location) core r^(2), d = ``hidden_size``; it adds
         the location, baseline and classifier heads (``num_classes`` tokens, L = ``max_tokens`` slots).
         Per slot ``explore_steps`` glimpses without a prediction, then ``glimpses_per_digit``. query: with
-        a token context (vit) the learned first input of r^(1), in place of a context vector.
+        a token context (vit) the learned first input of r^(1), in place of a context vector. classify:
+        a classification task (one label per image, ``max_tokens`` 1): the episode is a RAM
+        :class:`~attn.models.ram.Episode` whose one prediction follows the slot's glimpses.
         :func:`attn.models.build.build_model` assembles it from a config."""
         super().__init__()
         d = hidden_size
@@ -100,6 +107,9 @@ class DRAM(nn.Module):
         self.steps_per_token = explore_steps + glimpses_per_digit
         self.routing = routing
         self.rgb_glimpses = rgb_glimpses
+        if classify and max_tokens != 1:
+            raise ValueError(f"a classifying DRAM reads one label slot, not {max_tokens}")
+        self.classify = classify
         self.retina = retina
         self.glimpse = glimpse
         self.context = context
@@ -140,8 +150,8 @@ class DRAM(nn.Module):
         generator: Optional[torch.Generator] = None,
         num_slots: Optional[int] = None,
         copies: int = 1,
-    ) -> SequenceEpisode:
-        """Run one episode.
+    ) -> SequenceEpisode | Episode:
+        """Run one episode (an :class:`~attn.models.ram.Episode` when ``classify``).
 
         Args:
             images: (B, C, H, W) normalised images; the context net sees all C channels, the glimpses
@@ -184,5 +194,7 @@ class DRAM(nn.Module):
         locs = torch.stack(locations, dim=1)  # (B, G, 2)
         log_pi = gaussian_log_prob(locs, torch.stack(mus, dim=1), self.std)
         baselines = self.baseline(torch.stack(tops, dim=1).detach())
+        if self.classify:  # every location was used by a glimpse: log_pi and baselines are (B, G)
+            return Episode(token_logp[0], log_pi, baselines, locs)
         step_slot = torch.arange(G, device=device) // self.steps_per_token
         return SequenceEpisode(torch.stack(token_logp, dim=1), log_pi, baselines, locs, step_slot)

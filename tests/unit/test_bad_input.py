@@ -66,7 +66,7 @@ CASES = [
     ("task-not-a-name", lambda t: [_yaml(t, "data: {task: [1], val_fraction: 0.1}\n")], 2, "'data.task' = '[1]' is invalid"),
     ("override-syntax", lambda t: [str(EXPERIMENT), "train.lr"], 2, "train.lr"),
     ("value-not-section", lambda t: [str(EXPERIMENT), "train.lr.x=1"], 2, "train.lr"),
-    ("dram-on-mnist", lambda t: [str(EXPERIMENT), "model.name=dram", "model.retina.patch_size=12"], 2, "model.name = 'dram'"),
+    ("ram-on-a-sequence-task", lambda t: [str(EXPERIMENT), "data.task=mnist_pairs"], 2, "model.name = 'ram' predicts one label"),
     ("inapplicable-option", lambda t: [str(EXPERIMENT), "data.canvas_size=186"], 2, "data.canvas_size"),
     ("patch-too-large", lambda t: [str(EXPERIMENT), "model.retina.patch_size=512", "model.retina.num_scales=5"], 2,
      "largest patch"),

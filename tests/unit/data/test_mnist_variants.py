@@ -185,8 +185,8 @@ def test_experiment_files_load_with_the_papers_settings():
     [
         (["data.task=mnist_translated", "data.clutter_pieces=4"],
          r"data.clutter_pieces = 4 does not apply to data.task 'mnist_translated' \(only to 'mnist_cluttered'\)"),
-        (["data.task=mnist", "data.mnist_canvas_size=100"],
-         r"data.mnist_canvas_size = 100 does not apply to data.task 'mnist'"),
+        (["data.task=mnist", "data.mnist_canvas_size=90"],
+         r"data.mnist_canvas_size = 90 does not apply to data.task 'mnist'"),
         (["data.task=mnist_cluttered", "data.mnist_canvas_size=20"], "mnist_canvas_size"),
         (["data.task=mnist_cluttered", "data.clutter_size=30"], "clutter_size"),
         (["data.task=mnist_cluttered", "data.mnist_canvas_size=80"],
