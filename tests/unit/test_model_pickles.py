@@ -35,14 +35,22 @@ class Evil:
         return pathlib.Path.touch, (self.marker,)
 
 
-@pytest.fixture()
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A store (opening one creates its tables: seconds, so once per module) and a small model."""
+    tmp = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = mlflow_client(uri)
-    experiment = client.create_experiment("pickles", artifact_location=(tmp_path / "artifacts").as_uri())
+    experiment = client.create_experiment("pickles", artifact_location=(tmp / "artifacts").as_uri())
     cfg = load_config(ROOT / "experiments" / "mnist_ram.yaml", ["model.hidden_size=16"])
     torch.manual_seed(0)
-    model = build_model(cfg.model, MNIST_SPEC)
+    return uri, client, experiment, build_model(cfg.model, MNIST_SPEC), cfg
+
+
+@pytest.fixture()
+def store(made):
+    """A new run of the store that logged the model as every attn run does."""
+    uri, client, experiment, model, cfg = made
     run = client.create_run(experiment)
     tracker = MlflowTracker(uri, run.info.run_id, log=lambda line: None)
     tracker.log_model(model, dump_config(cfg))
@@ -55,10 +63,10 @@ def test_the_model_an_attn_run_logged_loads_by_run_and_as_a_registered_version(s
     weights = load_source(f"runs:/{run_id}/model", uri)
     assert weights.run_id == run_id and weights.state.keys() == model.state_dict().keys()
     assert all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
-    client.create_registered_model("ram-small")
+    client.create_registered_model(f"ram-{run_id}")
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    client.create_model_version("ram-small", source, run_id=run_id)
-    assert load_source("models:/ram-small/1", uri).run_id == run_id
+    client.create_model_version(f"ram-{run_id}", source, run_id=run_id)
+    assert load_source(f"models:/ram-{run_id}/1", uri).run_id == run_id
 
 
 def test_a_replaced_model_file_is_refused_before_it_is_unpickled(store, tmp_path):
