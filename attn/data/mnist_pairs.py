@@ -33,7 +33,7 @@ import torch
 from attn.config import DataConfig
 from attn.data.base import DataSpec, Split, TaskData
 from attn.data.mnist import load_mnist
-from attn.data.mnist_variants import DIGIT
+from attn.data.mnist_variants import DIGIT, DigitPool
 from attn.errors import DataError
 
 TRIES = 16
@@ -70,9 +70,7 @@ class PairCanvas:
         if size < 3 * DIGIT:
             raise ValueError(f"two {DIGIT} px digits need a canvas of at least {3 * DIGIT} px, not {size}")
         self.pool, self.partner, self.size = pool, partner, size
-        self._row_of_id = torch.full((int(ids.max()) + 1 if len(ids) else 0,), -1, dtype=torch.long)
-        self._row_of_id[ids] = torch.arange(len(ids))
-        self._pools: dict[str, torch.Tensor] = {}
+        self.digits = DigitPool(pool, ids)
         tables = []
         for code, n in enumerate(split_sizes):
             g = torch.Generator().manual_seed(seed * 1_000_003 + 17 + code)
@@ -80,25 +78,13 @@ class PairCanvas:
         self._eval = torch.cat(tables).to(torch.int16)  # (R, 2, 2)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Image ids (B,) -> pool rows (B,) int64 on the CPU; refuses ids of no digit of this task."""
-        ids = ids.detach().cpu().long()
-        known = (ids >= 0) & (ids < len(self._row_of_id))
-        rows = torch.full_like(ids, -1)
-        rows[known] = self._row_of_id[ids[known]]
-        if bool((rows < 0).any()):
-            raise ValueError(f"image id {int(ids[rows < 0][0])} is no digit of this task")
-        return rows
+        """Image ids (B,) -> pool rows (B,) int64 on the CPU (:meth:`DigitPool.rows`)."""
+        return self.digits.rows(ids)
 
     def draw(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Positions of ``batch`` pairs: (B, 2, 2) int64, [:, 0] the digit's (top, left), [:, 1] its partner's."""
         first = torch.randint(0, self.size - DIGIT + 1, (batch, 2), device=device, generator=generator)
         return torch.stack([first, pair_positions(first, self.size, generator)], dim=1)
-
-    def _pool_on(self, device: torch.device) -> torch.Tensor:
-        key = str(device)
-        if key not in self._pools:
-            self._pools[key] = self.pool.to(device)
-        return self._pools[key]
 
     def render(self, digits: torch.Tensor, partners: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """digits and partners uint8 (B, 28, 28), positions ``at`` (B, 2, 2) -> canvases uint8 (B, 1, N, N)."""
@@ -115,18 +101,14 @@ class PairCanvas:
         """digits uint8 (B, 1, 28, 28) with their ids (B,) -> (canvases uint8 (B, 1, N, N), the two digits'
         frames (B, 2, 4) float32 (x0, y0, x1, y1) in canvas pixels). Training draws positions from
         ``generator`` or the global RNG; evaluation uses the positions fixed at load."""
-        if images.shape[1:] != (1, DIGIT, DIGIT):
-            raise ValueError(f"expected digits of shape (B, 1, {DIGIT}, {DIGIT}), got {tuple(images.shape)}")
-        if ids is None:
-            raise ValueError("MNIST pair canvases need the batch's image ids (they name each digit's partner)")
         dev = images.device
-        rows = self.rows(ids)
+        rows = self.digits.batch_rows(images, ids, "they name each digit's partner")
         if train:
             gdev = generator.device if generator is not None else dev
             at = self.draw(len(rows), gdev, generator).to(dev)
         else:
             at = self._eval[rows].to(dev, torch.long)
-        partners = self._pool_on(dev)[self.partner[rows].to(dev)]
+        partners = self.digits.on(dev)[self.partner[rows].to(dev)]
         out = self.render(images[:, 0], partners, at)
         frames = torch.cat([at.flip(-1), at.flip(-1) + DIGIT], dim=-1).float()
         return out, frames

@@ -70,6 +70,42 @@ class Draws(NamedTuple):
         return Draws(*(t.to(device=device, dtype=torch.long) for t in self))
 
 
+class DigitPool:
+    """The digits of a task by id: ``pool`` uint8 (R, 28, 28) and ``ids`` (R,) -> pool rows, and the
+    pool on each device it is read on (copied there once)."""
+
+    def __init__(self, pool: torch.Tensor, ids: torch.Tensor) -> None:
+        self.pool = pool
+        self._row_of_id = torch.full((int(ids.max()) + 1 if len(ids) else 0,), -1, dtype=torch.long)
+        self._row_of_id[ids] = torch.arange(len(ids))
+        self._pools: dict[str, torch.Tensor] = {}
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Image ids (B,) -> pool rows (B,) int64 on the CPU; refuses ids of no digit of this task."""
+        ids = ids.detach().cpu().long()
+        known = (ids >= 0) & (ids < len(self._row_of_id))
+        rows = torch.full_like(ids, -1)
+        rows[known] = self._row_of_id[ids[known]]
+        if bool((rows < 0).any()):
+            raise ValueError(f"image id {int(ids[rows < 0][0])} is no digit of this task")
+        return rows
+
+    def batch_rows(self, images: torch.Tensor, ids: Optional[torch.Tensor], why: str) -> torch.Tensor:
+        """Check a batch of digits uint8 (B, 1, 28, 28) and return their pool rows; ``why``: what the
+        canvas needs the ids for (said when they are missing)."""
+        if images.shape[1:] != (1, DIGIT, DIGIT):
+            raise ValueError(f"expected digits of shape (B, 1, {DIGIT}, {DIGIT}), got {tuple(images.shape)}")
+        if ids is None:
+            raise ValueError(f"MNIST canvases need the batch's image ids ({why})")
+        return self.rows(ids)
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._pools:
+            self._pools[key] = self.pool.to(device)
+        return self._pools[key]
+
+
 class DigitCanvas:
     """Puts 28 x 28 digits on ``size`` x ``size`` black canvases with ``pieces`` clutter pieces of
     ``piece`` x ``piece`` (see the module docstring): random per batch in training, fixed per image id
@@ -96,6 +132,7 @@ class DigitCanvas:
             raise ValueError(f"a clutter piece of {piece} px must be 1 to {min(DIGIT, size)} px")
         self.size, self.pieces, self.piece, self.seed = size, pieces, piece, seed
         self.pool = pool
+        self.digits = DigitPool(pool, ids)
         sizes = torch.tensor(split_sizes, dtype=torch.long)
         self._starts = torch.cumsum(sizes, 0) - sizes
         self._sizes = sizes
@@ -106,9 +143,6 @@ class DigitCanvas:
                         f"mnist_cluttered: the {name} split holds a single digit, and clutter must come from "
                         "other digits of the same split; give it at least 2 (data.val_fraction)"
                     )
-        self._row_of_id = torch.full((int(ids.max()) + 1 if len(ids) else 0,), -1, dtype=torch.long)
-        self._row_of_id[ids] = torch.arange(len(ids))
-        self._pools: dict[str, torch.Tensor] = {}
         # Evaluation draws: once, per split, from its own seeded generator; int16/int32 to keep them small.
         tables = []
         for code, (start, n) in enumerate(zip(self._starts.tolist(), split_sizes)):
@@ -119,14 +153,8 @@ class DigitCanvas:
         )
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Image ids (B,) -> pool rows (B,) int64 on the CPU; refuses ids of no digit of this task."""
-        ids = ids.detach().cpu().long()
-        known = (ids >= 0) & (ids < len(self._row_of_id))
-        rows = torch.full_like(ids, -1)
-        rows[known] = self._row_of_id[ids[known]]
-        if bool((rows < 0).any()):
-            raise ValueError(f"image id {int(ids[rows < 0][0])} is no digit of this task")
-        return rows
+        """Image ids (B,) -> pool rows (B,) int64 on the CPU (:meth:`DigitPool.rows`)."""
+        return self.digits.rows(ids)
 
     def draw(self, rows: torch.Tensor, generator: Optional[torch.Generator] = None) -> Draws:
         """Random draws for the digits at pool ``rows`` (B,), on ``rows``' device, from ``generator``
@@ -147,12 +175,6 @@ class DigitCanvas:
         piece_at = torch.randint(0, N - p + 1, (B, K, 2), device=dev, generator=g)
         return Draws(digit_at, source, crop_at, piece_at)
 
-    def _pool_on(self, device: torch.device) -> torch.Tensor:
-        key = str(device)
-        if key not in self._pools:
-            self._pools[key] = self.pool.to(device)
-        return self._pools[key]
-
     def render(self, digits: torch.Tensor, d: Draws) -> torch.Tensor:
         """digits uint8 (B, 1, 28, 28) and their draws (on the digits' device) -> canvases uint8
         (B, 1, N, N)."""
@@ -165,7 +187,7 @@ class DigitCanvas:
             q = torch.arange(p, device=dev)
             ys = (d.crop_at[..., 0, None] + q)[..., :, None]  # (B, K, p, 1)
             xs = (d.crop_at[..., 1, None] + q)[..., None, :]  # (B, K, 1, p)
-            pieces = self._pool_on(dev)[d.source[..., None, None], ys, xs]  # (B, K, p, p)
+            pieces = self.digits.on(dev)[d.source[..., None, None], ys, xs]  # (B, K, p, p)
             flat = (d.piece_at[..., 0, None] + q)[..., :, None] * N + (d.piece_at[..., 1, None] + q)[..., None, :]
             # amax: overlapping pieces combine the same whatever the order (deterministic on GPUs too).
             canvas.scatter_reduce_(1, flat.reshape(B, -1), pieces.reshape(B, -1), reduce="amax")
@@ -187,12 +209,8 @@ class DigitCanvas:
         Training draws from ``generator`` or the global RNG; evaluation uses the draws fixed at load.
         ``ids`` are needed in both: they name the digit's split (its clutter sources) and itself
         (never its own clutter)."""
-        if images.shape[1:] != (1, DIGIT, DIGIT):
-            raise ValueError(f"expected digits of shape (B, 1, {DIGIT}, {DIGIT}), got {tuple(images.shape)}")
-        if ids is None:
-            raise ValueError("MNIST canvases need the batch's image ids (they name each digit's split)")
         dev = images.device
-        rows = self.rows(ids)
+        rows = self.digits.batch_rows(images, ids, "they name each digit's split")
         if train:
             gdev = generator.device if generator is not None else dev
             d = self.draw(rows.to(gdev), generator).to(dev)
