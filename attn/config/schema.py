@@ -61,6 +61,14 @@ class TrainConfig(Section):
         "No effect on a CPU.",
     )
     grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the global gradient norm.")
+    ema_decay: Optional[float] = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="beta of an exponential moving average of the weights (Polyak averaging, e.g. 0.999), "
+        "updated after every step with a warm-up (min(beta, (1 + t) / (10 + t))); validation, the best weights, "
+        "the test and the logged model then use the average. None: the weights as trained.",
+    )
     max_nonfinite_steps: int = Field(
         20,
         ge=1,

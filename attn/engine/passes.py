@@ -148,10 +148,12 @@ def train_epoch(
     progress: Optional[Callable[[int, int], None]] = None,
     precision: Optional[Precision] = None,
     all_slots: bool = False,
+    average=None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
     ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32); ``all_slots``:
-    sequence episodes read every label slot (see :func:`batch_loss`).
+    sequence episodes read every label slot (see :func:`batch_loss`); ``average``: a
+    :class:`~attn.engine.averaging.WeightAverage` updated after every step.
 
     accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
     tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the
@@ -172,6 +174,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         precision.backward(terms.total)
         found_inf = guarded_step(model, optimizer, guard, grad_clip, precision)
+        if average is not None:
+            average.update()
         with torch.no_grad():
             b = terms.correct.new_full((), y.shape[0], dtype=sums.dtype)
             batch_sums = torch.stack(

@@ -23,6 +23,7 @@ from torch import nn
 
 from attn.config import ExperimentConfig, dump_config
 from attn.data import BatchLoader, TaskData, build_data
+from attn.engine.averaging import WeightAverage
 from attn.engine.checkpoint import BEST_FILE
 from attn.engine.compile import compile_training
 from attn.engine.cost import model_cost
@@ -153,7 +154,9 @@ def _setup(cfg, info, reporter, tracker, log) -> _Run:
     torch.manual_seed(tc.seed)  # the same initial weights on every rank and for any worker count
     model = build_model(cfg.model, data.spec, (data.mean, data.std)).to(info.device)
     optimizer = build_optimizer(model, tc)
-    state = TrainState(model, optimizer, build_scheduler(optimizer, tc), Precision(tc.precision, info.device))
+    average = WeightAverage(model, tc.ema_decay) if tc.ema_decay is not None else None
+    state = TrainState(model, optimizer, build_scheduler(optimizer, tc), Precision(tc.precision, info.device),
+                       average=average)
     r, w, eval_bs = info.rank, info.world, cfg.eval.batch_size
     loaders = {
         "train": BatchLoader(data.train, tc.batch_size, shuffle=True, seed=tc.seed, rank=r, world=w,
@@ -193,7 +196,9 @@ def _resume_or_transfer(run: _Run, init: Optional[tuple[dict[str, torch.Tensor],
         run.tracker.sync(state.history)
     if init is not None and resume_dir is None:
         report = transfer_weights(state.model, init[0], context=tc.init_context, classifier=tc.init_classifier)
-        state.best_weights = copy.deepcopy(state.model.state_dict())
+        if state.average is not None:
+            state.average.reset()
+        state.best_weights = copy.deepcopy(state.eval_model.state_dict())
         if run.chief:
             run.log(f"weights from {init[1]}: " + "\n  ".join(report.lines()))
             _log_transfer(run.tracker, report, init[1])
@@ -224,8 +229,8 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
         if run.chief else None
     tm = train_epoch(run.train_model, run.loaders["train"], run.data, state.optimizer, rl_coef=tc.rl_coef,
                      device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite, progress=progress,
-                     precision=state.precision, all_slots=tc.compile != "off")
-    vm = evaluate(state.model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
+                     precision=state.precision, all_slots=tc.compile != "off", average=state.average)
+    vm = evaluate(state.eval_model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
     lr = state.optimizer.param_groups[0]["lr"]
     step_scheduler(state.scheduler, vm["error"])
     stop = state.end_epoch(epoch, vm["error"], tc.patience)
@@ -240,7 +245,7 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
     if run.chief:
         run.tracker.log_metrics(metrics, step=epoch)
         if run.pictures.due(epoch):
-            run.pictures.episodes(state.model, f"epoch_{epoch + 1:03d}", run.tracker)
+            run.pictures.episodes(state.eval_model, f"epoch_{epoch + 1:03d}", run.tracker)
         recent = run.epoch_times[-5:]
         left = (tc.epochs - epoch - 1) * (sum(recent) / len(recent))
         run.log(

@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attn.config import load_config
 from attn.data import BatchLoader, build_data
+from attn.engine.averaging import WeightAverage
 from attn.engine.optim import build_optimizer
 from attn.engine.passes import NonFiniteGuard, train_epoch
 from attn.engine.precision import Precision
@@ -53,10 +54,13 @@ class SyncCounter(TorchDispatchMode):
 
 
 def _syncs(cfg, batches: int, precision: str = "fp32") -> collections.Counter:
+    """Syncing operations of one training pass over ``batches`` batches (with the weight average when
+    ``cfg.train.ema_decay`` is set)."""
     data = build_data(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.spec, (data.mean, data.std))
     optimizer = build_optimizer(model, cfg.train)
+    average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     bs = cfg.train.batch_size
     loader = BatchLoader(data.train, bs, shuffle=True, seed=0)
     assert len(loader) == batches, (len(loader), batches)
@@ -66,7 +70,7 @@ def _syncs(cfg, batches: int, precision: str = "fp32") -> collections.Counter:
     with SyncCounter() as counter:
         train_epoch(model, loader, data, optimizer, rl_coef=0.01, device=torch.device("cpu"),
                     nonfinite=NonFiniteGuard(limit=20), progress=progress,
-                    precision=Precision(precision, torch.device("cpu")))
+                    precision=Precision(precision, torch.device("cpu")), average=average)
     assert len(lines) == batches - 1 and all(
         re.fullmatch(rf"epoch 1/1 \| {i + 1}/{batches} batches \| [\d,]+ img/s \| epoch left \S+", line)
         for i, line in enumerate(lines)), lines
@@ -85,6 +89,15 @@ def test_a_ram_training_step_reads_nothing_back(core):
         return load_config(ROOT / "experiments" / "mnist_ram.yaml", [
             f"data.train_subset={16 * batches}", "data.eval_subset=16", "train.batch_size=16",
             f"model.core.kind={core}", "model.hidden_size=32"])
+
+    _per_step(cfg)
+
+
+def test_the_weight_average_reads_nothing_back():
+    def cfg(batches):
+        return load_config(ROOT / "experiments" / "mnist_ram.yaml", [
+            f"data.train_subset={16 * batches}", "data.eval_subset=16", "train.batch_size=16", "model.hidden_size=32",
+            "train.ema_decay=0.99"])
 
     _per_step(cfg)
 
