@@ -48,12 +48,15 @@ class Split:
     """One split: ``images`` uint8 (N, C, H, W); ``labels`` int64 (N,) or (N, L) token sequences padded
     with IGNORE_INDEX; ``ids`` int64 (N,) source ids (the index of the image in its source);
     ``boxes`` float32 (N, 4) where known: the tight box (x0, y0, x1, y1) of the image's number(s) in
-    stored-image pixels."""
+    stored-image pixels. ``missing``: images of the split left out because no prediction could be
+    right (an SVHN test number longer than the label slots), counted as errors by evaluation; a
+    subset (:meth:`head`) holds none."""
 
     images: torch.Tensor
     labels: torch.Tensor
     ids: torch.Tensor
     boxes: Optional[torch.Tensor] = None
+    missing: int = 0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -61,7 +64,7 @@ class Split:
     def images_on(self, device: torch.device) -> "Split":
         """The split with its images on ``device`` (labels, ids and boxes stay on the host, where the
         loop reads them without waiting for the device)."""
-        return Split(self.images.to(device), self.labels, self.ids, self.boxes)
+        return Split(self.images.to(device), self.labels, self.ids, self.boxes, self.missing)
 
     def head(self, n: int | None) -> "Split":
         if n is None or n >= len(self):

@@ -235,7 +235,8 @@ def evaluate(
     (token) log-probabilities over them (log-mean over copies: the geometric mean of probabilities),
     then takes the argmax. accuracy counts images whose whole label is right (sequence accuracy);
     sequence tasks add token_accuracy, digit_accuracy (end tokens excluded) and reward (leading
-    tokens right). nll is per label token.
+    tokens right). nll is per label token. The split's ``missing`` images count as wrong (in accuracy,
+    error and count only).
     """
     was_training = model.training
     model.eval()
@@ -258,6 +259,7 @@ def evaluate(
     if stats is not None:
         stats.reduce()
     total = dict(zip(EVAL_SUMS, _all_reduce(sums).tolist()))
+    total["count"] += loader.split.missing  # images no prediction could get right: errors (Split.missing)
     count = max(total["count"], 1.0)
     acc = total["correct"] / count
     out = {

@@ -23,12 +23,12 @@ import numpy as np
 from PIL import Image
 
 from attn.data.cache import CacheKey, Notes, Progress, ProgressCallback, building, cache_folder, locked, note, say
-from attn.data.svhn.crop import EXPAND, crop_box, crop_image
+from attn.data.svhn.crop import EXPAND, crop_box, crop_image, fallback_box
 from attn.data.svhn.digitstruct import DigitStruct, read_digit_struct
 from attn.data.svhn.layout import PREPARE_HINT, png_names, source_folder
 from attn.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when what a cache holds changes (crop rule, layout): older files are then rebuilt."""
 
 
@@ -245,12 +245,9 @@ def _write_rows(f: h5py.File, folder_dir: Path, ds: DigitStruct, key: CacheKey, 
                 b = min(n, a + chunk_rows)
                 results = list(pool.map(job, range(a, b)) if pool is not None else map(job, range(a, b)))
                 images = np.zeros((b - a, C, S, S), dtype=np.uint8)
-                status = np.zeros(b - a, dtype=np.uint8)
-                for j, (img, _, _) in enumerate(results):
-                    if img is None:
-                        status[j] = 1
-                    else:
-                        images[j] = img
+                status = np.array([r[3] for r in results], dtype=np.uint8)
+                for j, (img, _, _, _) in enumerate(results):
+                    images[j] = img
                 f["images"][a:b] = images
                 f["status"][a:b] = status
                 f["crop_box"][a:b] = np.array([r[1] for r in results], dtype=np.float32)
@@ -268,16 +265,17 @@ def _write_rows(f: h5py.File, folder_dir: Path, ds: DigitStruct, key: CacheKey, 
 
 
 def _process_row(folder_dir: Path, name: str, boxes: np.ndarray, size: int, color: str):
-    """One record -> (crop (C, S, S) or None for a bad box, crop box, (width, height))."""
+    """One record -> (crop (C, S, S), crop box, (width, height), status): status 0 for a usable box, else
+    the :func:`fallback_box` crop and its status (training skips those records, the test keeps them)."""
     path = folder_dir / name
     try:
         with Image.open(path) as im:
             im.load()
             w, h = im.size
-            box = crop_box(boxes, w, h)
+            box, status = crop_box(boxes, w, h), 0
             if box is None:
-                return None, (0.0, 0.0, 0.0, 0.0), (w, h)
-            return crop_image(im, box, size, color), box, (w, h)
+                box, status = fallback_box(boxes, w, h)
+            return crop_image(im, box, size, color), box, (w, h), status
     except FileNotFoundError:
         raise DataError(
             f"{path}: PNG named in digitStruct.mat is missing; extract the folder again ({PREPARE_HINT})"

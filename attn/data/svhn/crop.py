@@ -1,7 +1,8 @@
 """The Goodfellow et al. (2013) crop of one house number: the union box of its digits grown by 30%.
 
 :func:`crop_box` turns a record's digit rows (k, 5) into the crop (x0, y0, x1, y1) in source pixels,
-or None for an unusable record; :func:`crop_image` cuts and resizes it to uint8 (C, S, S).
+or None for an unusable record; :func:`fallback_box` is the crop of such a record, so that a test
+image is never dropped; :func:`crop_image` cuts and resizes a crop to uint8 (C, S, S).
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ def crop_box(
     if x1 - x0 < 1 or y1 - y0 < 1:
         return None
     return (float(x0), float(y0), float(x1), float(y1))
+
+
+FROM_VALID_DIGITS, WHOLE_IMAGE = 1, 2
+"""Cache status of a record whose box is unusable (0: a usable box): cropped from the digits whose
+boxes are valid, or the whole image when none is."""
+
+
+def fallback_box(boxes: np.ndarray, width: int, height: int) -> tuple[tuple[float, float, float, float], int]:
+    """The crop of a record :func:`crop_box` refuses, and its status: the usual crop of the digits
+    whose own boxes are valid (no negative field, positive height and width, some part inside the
+    image), whatever their labels; when none is, the whole image."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    valid = (b[:, [0, 2, 3, 4]] >= 0).all(axis=1) & (b[:, 0] > 0) & (b[:, 4] > 0)
+    valid &= (b[:, 2] < width) & (b[:, 3] < height)
+    if valid.any():
+        rows = b[valid].copy()
+        rows[:, 1] = 1  # labels do not move a crop
+        box = crop_box(rows, width, height)
+        if box is not None:
+            return box, FROM_VALID_DIGITS
+    return (0.0, 0.0, float(width), float(height)), WHOLE_IMAGE
 
 
 def crop_image(image: Image.Image, box: tuple[float, float, float, float], size: int, color: str) -> np.ndarray:

@@ -108,14 +108,34 @@ def check_svhn(cfg) -> None:
 
 
 
+def _readable(fo: _Folder, max_digits: int) -> np.ndarray:
+    """bool (N,): records whose label the model can emit: 1 to ``max_digits`` digits, each label 1-10."""
+    ndig = np.diff(fo.offsets)
+    labels = np.rint(fo.digit_labels)
+    bad_label = (labels < 1) | (labels > 10) | (labels != fo.digit_labels)
+    starts = np.minimum(fo.offsets[:-1], max(len(labels) - 1, 0))
+    any_bad = np.zeros(fo.n, dtype=bool)
+    if len(labels):
+        any_bad = np.add.reduceat(bad_label.astype(np.int64), starts) > 0
+        any_bad &= ndig > 0  # reduceat gives an empty record its next row: not its own
+    return (ndig >= 1) & (ndig <= max_digits) & ~any_bad
+
+
 def _kept(index: dict[str, _Folder], max_digits: int, notes: list[str]) -> dict[str, np.ndarray]:
-    """Per folder, bool (N,): the records a run uses (a usable box and at most ``max_digits`` digits);
-    the others are counted in the notes."""
+    """Per folder, bool (N,): the records a run uses, counted in the notes. Training folders: a usable
+    box and a readable label (:func:`_readable`). test/: every readable record, those with an unusable
+    box cropped by :func:`attn.data.svhn.crop.fallback_box`, so that the test error counts every image
+    (the unreadable ones are counted as errors: :func:`_unreadable_test`)."""
     keep = {}
     for name, fo in index.items():
-        ndig = np.diff(fo.offsets)
-        bad = fo.status != 0
-        long = ~bad & (ndig > max_digits)
+        bad, readable = fo.status != 0, _readable(fo, max_digits)
+        if name == "test":
+            keep[name] = readable
+            if (bad & readable).any():
+                notes.append(f"svhn: kept {int((bad & readable).sum())} of {fo.n} test images with a negative, "
+                             "empty or out-of-image digit box, cropped from their valid digits (or whole)")
+            continue
+        long = ~bad & ~readable
         if bad.any():
             notes.append(
                 f"svhn: dropped {int(bad.sum())} of {fo.n} {name} images with a negative, empty or out-of-image "
@@ -123,8 +143,19 @@ def _kept(index: dict[str, _Folder], max_digits: int, notes: list[str]) -> dict[
             )
         if long.any():
             notes.append(f"svhn: skipped {int(long.sum())} of {fo.n} {name} images with more than {max_digits} digits")
-        keep[name] = ~bad & ~long
+        keep[name] = ~bad & readable
     return keep
+
+
+def _unreadable_test(index: dict[str, _Folder], keep: dict[str, np.ndarray], max_digits: int,
+                     notes: list[str]) -> int:
+    """Test records whose number the model cannot emit (more than ``max_digits`` digits, a label
+    outside 1-10): not fed, counted as errors in the test error (``Split.missing``)."""
+    n = int((~keep["test"]).sum())
+    if n:
+        notes.append(f"svhn: {n} of {index['test'].n} test images hold a number that {max_digits} digits and the end "
+                     "token cannot spell; the test error counts them as errors")
+    return n
 
 
 def _split_rows(cfg, index: dict[str, _Folder], keep: dict[str, np.ndarray], notes: list[str]):
@@ -176,7 +207,9 @@ def load_svhn(cfg) -> TaskData:
     notes: list[str] = []
     index = {folder: _read_index(path, folder) for folder, path in _caches(cfg, notes).items()}
     md = cfg.max_digits
-    rows = _split_rows(cfg, index, _kept(index, md, notes), notes)
+    keep = _kept(index, md, notes)
+    rows = _split_rows(cfg, index, keep, notes)
+    missing = _unreadable_test(index, keep, md, notes)
     C = 1 if cfg.color == "gray" else 3
     canvas = None
     side = getattr(cfg, "crop_size", None)
@@ -194,9 +227,11 @@ def load_svhn(cfg) -> TaskData:
         max_tokens=md + 1,
         end_token=END_TOKEN,
     )
+    splits = {split: _make_split(parts, C, cfg.image_size, md) for split, parts in rows.items()}
+    splits["test"].missing = missing
     return TaskData(
         spec=spec,
-        **{split: _make_split(parts, C, cfg.image_size, md) for split, parts in rows.items()},
+        **splits,
         mean=cfg.mean,
         std=cfg.std,
         crop=None if canvas is not None else cfg.crop_size,

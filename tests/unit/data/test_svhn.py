@@ -29,6 +29,7 @@ from attn.config import DataBase, data_config
 from attn.data import build_data
 from attn.data import svhn
 from attn.data.base import IGNORE_INDEX
+from attn.data.svhn.crop import FROM_VALID_DIGITS, WHOLE_IMAGE, fallback_box
 from attn.data.svhn import (
     crop_box,
     crop_image,
@@ -190,7 +191,8 @@ def _expected(records: dict, max_digits: int) -> dict[tuple[str, int], list[int]
     out = {}
     for folder, recs in records.items():
         for rec in recs:
-            if not rec["bad"] and len(rec["labels"]) <= max_digits:
+            # test/ keeps its records with a bad box (a fallback crop); training folders drop them
+            if (folder == "test" or not rec["bad"]) and len(rec["labels"]) <= max_digits:
                 out[("test" if folder == "test" else "pool", svhn.ID_OFFSET[folder] + rec["index"])] = encode_number(
                     rec["labels"], max_digits
                 ).tolist()
@@ -215,8 +217,14 @@ def test_load_labels_ids_and_notes(source, tmp_path):
     assert five and all(row[5] == 0 for row in five)  # a 5-digit number keeps its end token
     assert any(int(i) >= 1_000_000 for i in d.train.ids)  # extra pooled in
     assert "svhn: skipped 2 of 60 train images with more than 5 digits" in d.notes
-    assert "svhn: skipped 1 of 24 test images with more than 5 digits" in d.notes
     assert any(n.startswith("svhn: dropped 2 of 60 train images") for n in d.notes)
+    # the test split counts every image: the bad box kept, the 6-digit number an error the model cannot avoid
+    assert not any("test images with more than" in n or n.startswith("svhn: dropped 1 of 24 test") for n in d.notes)
+    assert any(n.startswith("svhn: kept 1 of 24 test images with a negative, empty or out-of-image digit box")
+               for n in d.notes)
+    assert any(n.startswith("svhn: 1 of 24 test images hold a number that 5 digits and the end token cannot spell")
+               for n in d.notes)
+    assert len(d.test) + d.test.missing == N_TEST and d.test.missing == 1
     # A stored image is the crop of its source PNG.
     rec = records["test"][0]
     with Image.open(root / "test" / rec["name"]) as im:
@@ -230,6 +238,30 @@ def test_load_labels_ids_and_notes(source, tmp_path):
     assert cache.stat().st_mtime_ns == before
     assert d6.spec.max_tokens == 7 and len(d6.train) + len(d6.val) == len(d.train) + len(d.val) + 3
     assert not any("more than" in n for n in d6.notes)
+
+
+def test_a_test_image_with_a_bad_box_is_cropped_from_its_valid_digits_or_whole():
+    # digit 2's box has a negative top: the crop of digit 1 alone, as crop_box makes it
+    rows = np.array([(20, 3, 10, 5, 8), (20, 4, -3, -1, 8)], dtype=np.float64)
+    assert crop_box(rows, 100, 60) is None
+    assert fallback_box(rows, 100, 60) == (crop_box(rows[:1], 100, 60), FROM_VALID_DIGITS)
+    # a label outside 1-10 does not move the crop of a valid box
+    assert fallback_box([(20, 11, 10, 5, 8)], 100, 60) == (crop_box([(20, 1, 10, 5, 8)], 100, 60), FROM_VALID_DIGITS)
+    # nothing valid (zero width; outside the image): the whole image
+    assert fallback_box([(20, 1, 10, 5, 0)], 100, 60) == ((0.0, 0.0, 100.0, 60.0), WHOLE_IMAGE)
+    assert fallback_box([(20, 1, 300, 5, 8)], 100, 60) == ((0.0, 0.0, 100.0, 60.0), WHOLE_IMAGE)
+
+
+def test_the_stored_crop_of_a_bad_test_record_is_its_fallback(source, tmp_path):
+    root, records = source
+    d = load_svhn(_cfg(root, cache_dir=str(tmp_path / "cache")))
+    rec = next(r for r in records["test"] if r["bad"])
+    row = int(torch.nonzero(d.test.ids == svhn.ID_OFFSET["test"] + rec["index"])[0])
+    with Image.open(root / "test" / rec["name"]) as im:
+        box, _ = fallback_box(_boxes(rec), *im.size)
+        ref = crop_image(im, box, 64, "gray")
+    np.testing.assert_array_equal(d.test.images[row].numpy(), ref)
+    assert d.test.labels[row].tolist() == encode_number(rec["labels"], 5).tolist()
 
 
 def test_splits_seeded_and_stable(source, tmp_path):
