@@ -8,10 +8,13 @@ PYTHON ?= python3
 
 .PHONY: train test test-fast test-e2e bench install clean
 
-$(VENV)/.installed: pyproject.toml
+# The same pinned versions as every cluster node (scripts/cluster/constraints.txt).
+CONSTRAINTS := scripts/cluster/constraints.txt
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -6,7 +6,9 @@
 #       --venv (default ~/attn-venv; skipped when pyproject.toml and the pins are unchanged), or uses an
 #       existing environment (--python, e.g. a shared conda env on-premises). Writes ~/.attn/cluster.env,
 #       sourced from ~/.bashrc (Ray runs every command through it): PATH, the shared folder, where runs
-#       and data live (ATTN_STORAGE_PATH, ATTN_DATA_ROOT) and Ray token authentication.
+#       and data live (ATTN_STORAGE_PATH, ATTN_DATA_ROOT) and Ray token authentication. Refuses, in one
+#       line naming what it found, a Python other than 3.10-3.12 and an NVIDIA GPU without a driver
+#       new enough for the torch wheels (580 for CUDA 13.0).
 #   node.sh head [--ip IP] [--port 5000] [--backend-store-uri URI]    the head, before `ray start --head`
 #       Creates the cluster's Ray token on the shared folder (once) and (re)starts the MLflow server:
 #       store sqlite on the shared folder (or URI, e.g. postgresql://... on RDS), artifacts on the shared
@@ -22,6 +24,33 @@ envfile="$envdir/cluster.env"
 
 die() { echo "node.sh: $*" >&2; exit 2; }
 
+# Python versions attn supports, and the NVIDIA driver the CUDA 13.0 torch wheels of constraints.txt need.
+MIN_DRIVER=580
+
+check_python() {
+    local py="$1" v
+    v="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+        || die "setup: $py does not run on $(hostname); give --python PATH of a Python 3.10 to 3.12"
+    case "$v" in
+        3.10|3.11|3.12) ;;
+        *) die "setup: $py on $(hostname) is Python $v; attn needs Python 3.10 to 3.12 (cluster.yaml's image has 3.12; or --python PATH)" ;;
+    esac
+}
+
+check_gpu_driver() {
+    # Only nodes with an NVIDIA device: a CPU head needs no driver.
+    command -v lspci >/dev/null 2>&1 || return 0
+    local gpu driver
+    gpu="$(lspci 2>/dev/null | grep -i 'nvidia' | head -n 1 | cut -d: -f3- | sed 's/^ *//')" || true
+    [ -n "$gpu" ] || return 0
+    command -v nvidia-smi >/dev/null 2>&1 \
+        || die "setup: $(hostname) has an NVIDIA GPU ($gpu) but no driver (no nvidia-smi); boot an image with one (cluster.yaml's Deep Learning Base AMI)"
+    driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')" || true
+    [ -n "$driver" ] || die "setup: $(hostname) has an NVIDIA GPU ($gpu) but nvidia-smi finds no working driver; reboot or use an image with one"
+    [ "${driver%%.*}" -ge "$MIN_DRIVER" ] 2>/dev/null \
+        || die "setup: the NVIDIA driver on $(hostname) is $driver; the torch wheels of constraints.txt (CUDA 13.0) need $MIN_DRIVER or newer"
+}
+
 setup() {
     local shared="" venv="$HOME/attn-venv" python=""
     while [ $# -gt 0 ]; do
@@ -35,6 +64,8 @@ setup() {
     [ -n "$shared" ] || die "setup: --shared DIR is required (the folder every node mounts at the same path)"
     mkdir -p "$shared" 2>/dev/null || true
     [ -d "$shared" ] && [ -w "$shared" ] || die "setup: --shared $shared is not a writable folder on $(hostname); mount the shared storage first"
+    check_python "${python:-python3}"
+    check_gpu_driver
     if [ -z "$python" ]; then
         local stamp
         stamp="$venv/.attn-installed-$(cat "$src/pyproject.toml" "$here/constraints.txt" | sha256sum | cut -c1-16)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -73,7 +74,7 @@ def test_node_script_refuses_bad_use(tmp_path):
     for args, needle in [
         (["setup"], "--shared DIR is required"),
         (["setup", "--shared", str(tmp_path / "s"), "--bogus", "1"], "unknown option '--bogus'"),
-        (["setup", "--shared", str(tmp_path / "s"), "--python", "/bin/false"], "cannot import attn and ray"),
+        (["setup", "--shared", str(tmp_path / "s"), "--python", "/bin/false"], "/bin/false does not run"),
         (["head"], "run 'node.sh setup --shared DIR' on this node first"),
         (["launch"], "usage: node.sh"),
     ]:
@@ -81,3 +82,61 @@ def test_node_script_refuses_bad_use(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
 
 
+
+
+def _fake(folder, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("python,gpu,driver,needle", [
+    ("3.6", None, None, "is Python 3.6; attn needs Python 3.10 to 3.12"),
+    ("3.13", None, None, "is Python 3.13; attn needs Python 3.10 to 3.12"),
+    ("3.12", "NVIDIA Corporation GA102GL [A10G] (rev a1)", None,
+     "has an NVIDIA GPU (NVIDIA Corporation GA102GL [A10G] (rev a1)) but no driver (no nvidia-smi)"),
+    ("3.12", "NVIDIA Corporation GA102GL [A10G] (rev a1)", "470.82.01",
+     "the NVIDIA driver on"),
+    # the checks pass: the node reaches the next step (this fake Python has no attn)
+    ("3.12", "NVIDIA Corporation GA102GL [A10G] (rev a1)", "595.91.07", "cannot import attn and ray"),
+    ("3.10", None, None, "cannot import attn and ray"),
+])
+def test_node_setup_refuses_an_unsupported_python_or_gpu_driver(tmp_path, python, gpu, driver, needle):
+    """What a node boots with, faked on PATH: python's version, lspci's NVIDIA line, nvidia-smi's driver."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    _fake(fake, "python", f'case "$*" in *version_info*) echo {python} ;; *) exit 1 ;; esac')
+    if gpu:
+        _fake(fake, "lspci", f'echo "00:1e.0 3D controller: {gpu}"')
+    if driver:
+        _fake(fake, "nvidia-smi", f"echo {driver}")
+    path = ":".join([str(fake)] + [p for p in os.environ["PATH"].split(":") if not (Path(p) / "nvidia-smi").exists()])
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": path}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "setup", "--shared",
+                           str(tmp_path / "shared"), "--python", str(fake / "python")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    if driver == "470.82.01":
+        assert "is 470.82.01; the torch wheels of constraints.txt (CUDA 13.0) need 580 or newer" in lines[0]
+
+
+def test_the_pins_are_the_versions_the_suite_runs_with():
+    """make install and node.sh setup install constraints.txt: it must hold what this suite tested."""
+    from importlib.metadata import version
+
+    pins = [line.split("==") for line in (ROOT / "scripts" / "cluster" / "constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert pins and all(len(p) == 2 for p in pins)
+    stale = {name: (pinned, version(name)) for name, pinned in pins if version(name) != pinned}
+    assert not stale, f"constraints.txt pins other versions than the installed ones: {stale}"
+    assert "-c $(CONSTRAINTS)" in (ROOT / "Makefile").read_text()
+    assert '-c "$here/constraints.txt"' in (ROOT / "scripts" / "cluster" / "node.sh").read_text()
+
+
+def test_cluster_images_are_ones_that_boot_a_supported_python():
+    """Ray's latest_dlami is an Ubuntu 18.04 image (Python 3.6); the nodes name a current one."""
+    for node in yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"].values():
+        image = node["node_config"]["ImageId"]
+        assert image.lower() != "latest_dlami" and image.startswith(("ami-", "resolve:ssm:/aws/service/deeplearning/"))
