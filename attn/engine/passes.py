@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from attn.data.base import BatchLoader, TaskData
+from attn.engine.averaging import WeightAverage
 from attn.engine.objective import EVAL_SUMS, objective_for
 from attn.engine.precision import Precision
 from attn.engine.split_stats import SplitStats
@@ -148,7 +149,7 @@ def train_epoch(
     progress: Optional[Callable[[int, int], None]] = None,
     precision: Optional[Precision] = None,
     all_slots: bool = False,
-    average=None,
+    average: Optional[WeightAverage] = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
     ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32); ``all_slots``:
