@@ -11,12 +11,14 @@ both, without overlap:
                     beside a on the x axis, where N >= 84 always leaves room)
     canvas[p_a] = a, canvas[p_b] = b
 
-Labels: ``mnist_pairs`` reads the two digits as a sequence, the smaller first, then the end token
-(tokens: 0 = end, 1 + d = digit d); ``mnist_addition`` has one label, a + b (19 classes). The
-smaller digit first, not left to right: the label must not depend on where the digits land, since
-training places them anew in every batch while a split's labels are stored once; and it makes a
-pair the multiset the paper scores (55 unordered pairs). Scoring is unordered anyway
-(``DataSpec.unordered_slots``): a predicted pair is right when it holds both digits in either order.
+Labels: ``mnist_pairs`` stores the two digits as a sequence, the smaller first, then the end token
+(tokens: 0 = end, 1 + d = digit d); ``mnist_addition`` has one label, a + b (19 classes). Stored
+smaller first, not left to right: a split's labels are stored once while training places the digits
+anew in every batch, so the stored label cannot follow their positions; it is the multiset the paper
+scores (55 unordered pairs). The order is not imposed on the model (``DataSpec.unordered_slots``):
+the loss takes, per image, the order of the two digits the episode finds most probable
+(:meth:`attn.engine.objective.Sequences.best_order`), so DRAM may read them left to right, and a
+predicted pair is right when it holds both digits in either order.
 
 Training canvases are new every batch (positions drawn per batch, in a few tensor ops on the batch's
 device); the pairing is fixed, so an epoch shows every digit once as a and about once as b.
@@ -161,7 +163,7 @@ def load_mnist_pairs(cfg: DataConfig) -> TaskData:
     else:
         spec = DataSpec(1, N, N, 11, ("<end>",) + tuple(str(i) for i in range(10)), max_tokens=3, end_token=END,
                         unordered_slots=2)
-        what = "read as two digits, the smaller first (scored in either order)"
+        what = "read as two digits in either order"
     notes = [f"{cfg.task}: two 28x28 digits of a split, without overlap, on a {N}x{N} black canvas, {what}; "
              f"training positions drawn per batch, validation/test canvases and the pairing fixed by "
              f"placement_seed {cfg.placement_seed}"]
