@@ -200,6 +200,12 @@ class SweepConfig(Section):
     trial_driver_cpus: float = Field(
         0.1, gt=0.0, le=8.0, description="CPUs reserved for each trial's driver (besides its Ray Train workers)."
     )
+    trial_retries: Optional[int] = Field(
+        None,
+        ge=0,
+        description="Times Tune retries a failed trial, from its last checkpoint and in its own MLflow run. None: "
+        "3 when the sweep joins a cluster, 0 on this machine's own Ray (as ray.max_failures).",
+    )
 
     @model_validator(mode="after")
     def _check_metric(self) -> "SweepConfig":
@@ -247,7 +253,13 @@ class RayConfig(Section):
         description="Folder of the runs (checkpoints, run records, sweep state); on a cluster one that every "
         "node sees at the same path (NFS, EFS, Filestore). None: $ATTN_STORAGE_PATH if set, else ./runs.",
     )
-    max_failures: int = Field(0, ge=0, description="Worker-group restarts from the latest checkpoint.")
+    max_failures: Optional[int] = Field(
+        None,
+        ge=0,
+        description="Worker-group restarts from the latest checkpoint (a lost node or process), each epoch logged "
+        "once. None: 3 when the run joins a cluster (ray.address or RAY_ADDRESS, where spot workers may be "
+        "reclaimed), 0 on the Ray a run starts on this machine (a failure there is a bug to see at once).",
+    )
 
     @field_validator("storage_path")
     @classmethod

@@ -171,10 +171,34 @@ def resolve_init(cfg: ExperimentConfig, uri: str) -> None:
     cfg.train.init_from = source
 
 
+CLUSTER_RETRIES = 3
+"""ray.max_failures and sweep.trial_retries when they are None and the run joins a cluster."""
+
+
+def joins_cluster(cfg: ExperimentConfig) -> bool:
+    """The run joins a running cluster (ray.address or RAY_ADDRESS) instead of starting Ray here."""
+    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+
+
+def resolve_failures(cfg: ExperimentConfig) -> None:
+    """Pin ray.max_failures and sweep.trial_retries (None: 3 on a cluster, 0 on this machine's Ray)."""
+    n = CLUSTER_RETRIES if joins_cluster(cfg) else 0
+    resolved = []
+    if cfg.ray.max_failures is None:
+        cfg.ray.max_failures = n
+        resolved.append(f"ray.max_failures {n}")
+    if cfg.sweep is not None and cfg.sweep.trial_retries is None:
+        cfg.sweep.trial_retries = n
+        resolved.append(f"sweep.trial_retries {n}")
+    if resolved and n:
+        print(f"on a cluster: {' and '.join(resolved)} (a lost node's work restarts from its last checkpoint; "
+              "set them to 0 to fail instead)", flush=True)
+
+
 def check_data_here(cfg: ExperimentConfig) -> None:
     """Fail on a missing or corrupt dataset before any run is opened, in one line, not inside a Ray
     worker. On a cluster the workers read their own copies, so the check is left to them."""
-    if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+    if not joins_cluster(cfg):
         check_data(cfg.data)
         if cfg.model.name == "dram":
             from attn.models.build import check_context_files
@@ -256,6 +280,7 @@ def plan_run(
     check_reachable(plan.uri)
     if not plan.resumed:  # a resumed run continues from its checkpoints; its init_from is pinned already
         resolve_init(plan.cfg, plan.uri)
+    resolve_failures(plan.cfg)
     check_data_here(plan.cfg)
     if plan.resumed and kind == "run":
         check_latest_checkpoint(plan.dir, dump_config(plan.cfg))

@@ -296,12 +296,27 @@ def _run_segments(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], 
     return grids
 
 
+HEAD_RESOURCE = "attn_head"
+"""The custom resource the cluster files' on-demand head declares (``ray start --resources``)."""
+
+
+def trial_driver_resources(cfg: ExperimentConfig, total: dict[str, float]) -> dict[str, float]:
+    """What each trial's driver asks Ray for: its CPUs, and on a cluster whose head declares
+    :data:`HEAD_RESOURCE` a sliver of it, so that drivers run on the head and a spot worker's reclaim
+    never kills one (their Ray Train workers still go to the GPU nodes)."""
+    resources = {"cpu": cfg.sweep.trial_driver_cpus}
+    if total.get(HEAD_RESOURCE, 0.0) > 0:
+        resources[HEAD_RESOURCE] = 0.001
+    return resources
+
+
 def _trainable(cfg: ExperimentConfig, info: dict[str, Any]):
     from ray import tune
 
-    return tune.with_resources(
-        tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=info), {"cpu": cfg.sweep.trial_driver_cpus}
-    )
+    resources = trial_driver_resources(cfg, cluster_capacity())
+    if HEAD_RESOURCE in resources:
+        print(f"sweep: trial drivers stay on the head (Ray resource {HEAD_RESOURCE})", flush=True)
+    return tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), sweep=info), resources)
 
 
 def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], trainable, limit: int, name: str,
@@ -344,7 +359,7 @@ def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], trainabl
             storage_path=str(sweep_dir),
             callbacks=[_TrialEvents(info["uri"], info["experiment_id"], info["parent_run_id"], sw.metric, sw.mode)],
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=sw.trial_retries or 0),
         ),
     )
     return tuner.fit()

@@ -7,9 +7,11 @@ import math
 
 import optuna
 import pytest
+import yaml
 
 from attn.config import load_config, validate_config
-from attn.distributed.sweep import SearchSpace, concurrency, optuna_sampler
+from attn.distributed.lifecycle import resolve_failures
+from attn.distributed.sweep import HEAD_RESOURCE, SearchSpace, concurrency, optuna_sampler, trial_driver_resources
 from attn.errors import ConfigError
 from helpers.cli import ROOT
 
@@ -144,3 +146,33 @@ def test_the_minute_status_line_counts_trials_by_how_they_stand():
         "sweep: 1 running, 1 finished, 1 stopped, 1 errored | best best_val_error 4.25 | 12m34s")
     assert "best best_val_error 30" in status_line(trials, "best_val_error", "max", 1.0)
     assert status_line([], "best_val_error", "min", 0.0).endswith("| best best_val_error - | 0m00s")
+
+
+def test_trial_drivers_stay_on_a_head_that_declares_the_head_resource():
+    cfg = load_config(ROOT / "experiments" / "mnist_sweep.yaml")
+    assert trial_driver_resources(cfg, {"CPU": 8.0, "GPU": 4.0}) == {"cpu": cfg.sweep.trial_driver_cpus}
+    on_cluster = trial_driver_resources(cfg, {"CPU": 8.0, "GPU": 4.0, HEAD_RESOURCE: 1000.0})
+    assert on_cluster == {"cpu": cfg.sweep.trial_driver_cpus, HEAD_RESOURCE: 0.001}
+    # the sliver never limits how many trials run at once
+    assert concurrency(cfg, {"CPU": 8.0, HEAD_RESOURCE: 1000.0}) == concurrency(cfg, {"CPU": 8.0})
+    for name in ("cluster.yaml", "cluster.local.yaml"):  # the cluster files' heads declare it
+        head = " ".join(yaml.safe_load((ROOT / name).read_text())["head_start_ray_commands"])
+        assert f"--resources='{{\"{HEAD_RESOURCE}\":1000}}'" in head, name
+
+
+@pytest.mark.parametrize("address,env,expected", [(None, None, 0), ("10.0.0.1:6379", None, 3), (None, "auto", 3)])
+def test_failure_budgets_default_to_three_on_a_cluster_and_none_here(monkeypatch, capsys, address, env, expected):
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    over = [f"ray.address={address}"] if address else []
+    cfg = load_config(ROOT / "experiments" / "mnist_sweep.yaml", over)
+    assert cfg.ray.max_failures is None and cfg.sweep.trial_retries is None
+    resolve_failures(cfg)
+    assert cfg.ray.max_failures == cfg.sweep.trial_retries == expected
+    said = capsys.readouterr().out
+    assert ("on a cluster: ray.max_failures 3 and sweep.trial_retries 3" in said) == (expected == 3)
+    given = load_config(ROOT / "experiments" / "mnist_sweep.yaml", over + ["ray.max_failures=0", "sweep.trial_retries=1"])
+    resolve_failures(given)  # what the file or the command line says wins
+    assert (given.ray.max_failures, given.sweep.trial_retries) == (0, 1)
