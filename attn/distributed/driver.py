@@ -8,6 +8,7 @@ closing the MLflow run are :mod:`attn.distributed.lifecycle`'s, shared with swee
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -112,7 +113,9 @@ def make_trainer(cfg: ExperimentConfig, name: str, storage_path: Path, uri: str,
         resources["GPU"] = r.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}, "prefix": line_prefix},
+        # attempt: which fit() wrote a checkpoint, so a worker group can tell Ray Train's restart from --resume
+        train_loop_config={"config": cfg.to_dict(), "mlflow": {"uri": uri, "run_id": run_id}, "prefix": line_prefix,
+                           "attempt": uuid.uuid4().hex},
         scaling_config=ScalingConfig(
             num_workers=r.num_workers,
             use_gpu=r.gpus_per_worker > 0,

@@ -10,6 +10,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any, Optional
 
 import pyarrow.fs
@@ -22,25 +23,40 @@ from attn.engine.trainer import NullTracker, WorkerInfo, fit
 from attn.runtime import configure_torch
 
 
+ATTEMPT_FILE = "attempt"
+"""In each checkpoint: the token of the ``fit()`` call (one driver's TorchTrainer) that wrote it."""
+
+
 class RayReporter:
     """Checkpoint in/out through Ray Train. A restored checkpoint on local (or shared) disk is read
     where it is, so the log names the run's own checkpoint folder; one in remote storage (S3, GCS)
-    is copied to a local folder first."""
+    is copied to a local folder first.
 
-    def __init__(self) -> None:
+    ``attempt``: a token the driver made for this TorchTrainer. Each checkpoint carries it, so a worker
+    group that finds a checkpoint with its own token was restarted by Ray Train after a failure (a
+    lost node or process), not resumed by the user: ``restarted`` says which."""
+
+    def __init__(self, attempt: str = "") -> None:
         self._restore_dir: Optional[str] = None
+        self.attempt = attempt
+        self.restarted = False
 
     def latest_checkpoint(self) -> Optional[str]:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
         if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
-            return ckpt.path
-        self._restore_dir = tempfile.mkdtemp(prefix="attn-restore-")
-        ckpt.to_directory(self._restore_dir)
-        return self._restore_dir
+            folder = ckpt.path
+        else:
+            self._restore_dir = folder = tempfile.mkdtemp(prefix="attn-restore-")
+            ckpt.to_directory(self._restore_dir)
+        token = Path(folder) / ATTEMPT_FILE
+        self.restarted = bool(self.attempt) and token.is_file() and token.read_text() == self.attempt
+        return folder
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Optional[str]) -> None:
+        if checkpoint_dir:
+            (Path(checkpoint_dir) / ATTEMPT_FILE).write_text(self.attempt)
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -128,7 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         weights = load_source(cfg.train.init_from, ml["uri"] if ml else "")
         init = (weights.state, weights.label)
 
-    reporter = RayReporter()
+    reporter = RayReporter(loop_config.get("attempt", ""))
     try:
         fit(
             cfg, WorkerInfo(rank, world, device), reporter, tracker, wrap_model=wrap, log=_log if rank == 0 else _quiet,

@@ -189,7 +189,10 @@ def _resume_or_transfer(run: _Run, init: Optional[tuple[dict[str, torch.Tensor],
         state.restore(resume_dir, run.config_yaml)
         fit_schedule_to(state.scheduler, tc.epochs)
         if run.chief:
-            run.log(f"resuming from {resume_dir}: epoch {state.next_epoch}, best val error {state.best_error:.2f}%")
+            # a Reporter whose worker group was restarted after a failure says so (Ray Train's)
+            restarted = getattr(run.reporter, "restarted", False)
+            cause = "worker group restarted after a lost node or process: " if restarted else ""
+            run.log(f"{cause}resuming from {resume_dir}: epoch {state.next_epoch}, best val error {state.best_error:.2f}%")
     if run.chief:
         # Also without a checkpoint: a worker group restarted before its first one re-runs epochs
         # the run may already hold.

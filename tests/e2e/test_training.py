@@ -84,6 +84,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_ru
     assert proc.returncode == 0 and "epoch 5/5" in proc.stdout
     out = proc.stdout + proc.stderr
     assert _resumed_at(out) == 4 and [int(e) for e, _ in EPOCH_LINE.findall(out)] == [5]
+    assert "worker group restarted" not in out  # the user resumed it: no failure to report
     assert sorted(steps(mlflow_client(cut_dir), run.info.run_id, "val_error")) == [0, 1, 2, 3, 4]
 
     # With every checkpoint of the run damaged, resuming stops before Ray starts, in one line naming the file.
