@@ -49,6 +49,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
             if response.status == 200:
+                _check_credentials(uri, timeout_s)
                 return
             reason = f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
@@ -58,6 +59,40 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     raise TrackingError(
         f"cannot reach the MLflow server at {uri} ({reason}); start it, or point tracking.tracking_uri "
         "(or MLFLOW_TRACKING_URI) at a running one"
+    )
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """A server with authentication (MLflow's basic-auth app, as on an attn cluster) refuses a run
+    without the right credentials: one line now, naming the variables, not a traceback later. The
+    credentials are the ones MLflow's client sends (MLFLOW_TRACKING_USERNAME / _PASSWORD, or
+    MLFLOW_TRACKING_TOKEN)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"])
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):
+            return  # not a question of credentials: the calls that follow report it
+        code = exc.code
+    except (urllib.error.URLError, OSError):
+        return
+    if user and password:
+        raise TrackingError(f"the MLflow server at {uri} refused the credentials of user {user!r} (HTTP {code}); "
+                            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    raise TrackingError(
+        f"the MLflow server at {uri} needs credentials (HTTP {code}): set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD (on an attn cluster: `. /mnt/shared/attn/.mlflow/credentials`, which every node's "
+        "~/.attn/cluster.env reads)"
     )
 
 

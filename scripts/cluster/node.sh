@@ -13,7 +13,9 @@
 #       Creates the cluster's Ray token on the shared folder (once) and (re)starts the MLflow server:
 #       store sqlite on the shared folder (or URI, e.g. postgresql://... on RDS), artifacts on the shared
 #       folder. Adds MLFLOW_TRACKING_URI=http://IP:PORT to cluster.env, so runs submitted to the cluster
-#       track there. IP: the head's private address (default: the first of `hostname -I`).
+#       track there. IP: the head's private address (default: the first of `hostname -I`). The server
+#       runs MLflow's basic-auth app: its user and password are made once into $ATTN_SHARED/.mlflow
+#       (mode 600) and reach every process on the cluster through cluster.env, never a project file.
 #   node.sh stop-mlflow                                          the head: stop that MLflow server
 set -euo pipefail
 
@@ -93,6 +95,9 @@ export RAY_AUTH_TOKEN_PATH="$shared/.ray/auth_token"
 export RAY_USAGE_STATS_ENABLED=0
 ENV
     [ -z "$tracking" ] || echo "$tracking" >> "$envfile"
+    # MLflow's credentials (made by `node.sh head`, mode 600 on the shared folder): every process Ray
+    # starts on any node reads them from the environment, none from a file of the project.
+    echo "[ -f \"$shared/.mlflow/credentials\" ] && . \"$shared/.mlflow/credentials\"" >> "$envfile"
     local line='[ -f "$HOME/.attn/cluster.env" ] && . "$HOME/.attn/cluster.env"'
     touch "$HOME/.bashrc"
     grep -qxF "$line" "$HOME/.bashrc" || echo "$line" >> "$HOME/.bashrc"
@@ -106,7 +111,7 @@ load_env() {
 }
 
 start_head() {
-    local ip="" port=5000 store=""
+    local ip="" port=5000 store="" auth=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --ip) ip="${2:?}"; shift 2 ;;
@@ -123,15 +128,17 @@ start_head() {
     fi
     stop_mlflow
     mkdir -p "$ATTN_SHARED/mlartifacts"
+    mlflow_credentials
     # One server process writes the store. 0.0.0.0 so the workers (private network) and SSH tunnels
-    # (localhost) reach it; the firewall / security group keeps it off the internet, and the Host
-    # check below refuses every other name.
+    # (localhost) reach it; the security group keeps it off the internet, MLflow's basic-auth app
+    # refuses requests without the cluster's credentials, and the Host check refuses other names.
     # Its own session (setsid), so that stop-mlflow ends the server and its web-server children together.
-    MLFLOW_DISABLE_TELEMETRY=true setsid mlflow server --backend-store-uri "$store" \
-        --artifacts-destination "$ATTN_SHARED/mlartifacts" --host 0.0.0.0 --port "$port" --workers 1 \
-        --allowed-hosts "$ip:$port,localhost:$port,127.0.0.1:$port" \
+    (set -a; . "$auth/server.env"; set +a
+     MLFLOW_DISABLE_TELEMETRY=true MLFLOW_AUTH_CONFIG_PATH="$auth/auth.ini" setsid mlflow server --app-name basic-auth \
+        --backend-store-uri "$store" --artifacts-destination "$ATTN_SHARED/mlartifacts" --host 0.0.0.0 --port "$port" \
+        --workers 1 --allowed-hosts "$ip:$port,localhost:$port,127.0.0.1:$port" \
         > "$envdir/mlflow.log" 2>&1 < /dev/null &
-    echo $! > "$envdir/mlflow.pid"
+     echo $! > "$envdir/mlflow.pid")
     local i
     for i in $(seq 1 120); do
         if python -c "import urllib.request, sys; urllib.request.urlopen('http://$ip:$port/health', timeout=2)" 2>/dev/null; then
@@ -145,6 +152,32 @@ start_head() {
     done
     tail -n 20 "$envdir/mlflow.log" >&2
     die "head: the MLflow server did not answer on http://$ip:$port/health; its log is $envdir/mlflow.log"
+}
+
+# MLflow's basic-auth app: one user (attn), a random password and the server's session secret, made
+# once into the shared folder (mode 600), and the app's config; the users database lives beside the store.
+mlflow_credentials() {
+    auth="$ATTN_SHARED/.mlflow"
+    mkdir -p "$auth" && chmod 700 "$auth"
+    if [ ! -s "$auth/credentials" ]; then
+        (umask 077; printf 'export MLFLOW_TRACKING_USERNAME=attn\nexport MLFLOW_TRACKING_PASSWORD=%s\n' \
+            "$(python -c 'import secrets; print(secrets.token_hex(24))')" > "$auth/credentials")
+    fi
+    if [ ! -s "$auth/server.env" ]; then
+        (umask 077; printf 'MLFLOW_FLASK_SERVER_SECRET_KEY=%s\n' "$(python -c 'import secrets; print(secrets.token_hex(24))')" \
+            > "$auth/server.env")
+    fi
+    # shellcheck disable=SC1091
+    . "$auth/credentials"
+    (umask 077; cat > "$auth/auth.ini" <<INI
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$ATTN_SHARED/mlflow/auth.db
+admin_username = $MLFLOW_TRACKING_USERNAME
+admin_password = $MLFLOW_TRACKING_PASSWORD
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+)
 }
 
 stop_mlflow() {

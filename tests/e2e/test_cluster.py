@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -243,7 +246,20 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
             )
             assert "done: mnist-ram" in job.stdout, job.stdout[-3000:]
 
+            # The head's MLflow server refuses requests without the cluster's credentials, which node.sh
+            # made into the shared folder (mode 600) and every node's cluster.env reads.
+            search = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1"
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                urllib.request.urlopen(search, timeout=30)
+            credentials = shared / ".mlflow" / "credentials"
+            assert credentials.stat().st_mode & 0o077 == 0 and (shared / ".mlflow").stat().st_mode & 0o077 == 0
+            assert str(credentials) in env_file
+            creds = dict(re.findall(r"export (MLFLOW_TRACKING_\w+)=(\S+)", credentials.read_text()))
+            assert set(creds) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+            assert len(creds["MLFLOW_TRACKING_PASSWORD"]) >= 32 and not credentials.is_relative_to(ROOT)
+
             # The run went to the head's MLflow server and its folder to the shared storage.
+            os.environ.update(creds)
             client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
             (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
             assert run.info.status == "FINISHED" and "test_error" in run.data.metrics
@@ -259,6 +275,8 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
                 time.sleep(0.5)
             assert not ray_processes(), "ray down left Ray running"
         finally:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(key, None)
             subprocess.run([RAY, "down", "-y", str(cluster_file)], cwd=ROOT, env=env, capture_output=True, timeout=120)
             subprocess.run(
                 ["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "stop-mlflow"],

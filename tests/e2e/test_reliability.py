@@ -97,3 +97,34 @@ def test_a_full_disk_fails_the_run_in_one_line_and_keeps_its_checkpoint(tmp_path
         assert state["epoch"] >= 0
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_an_mlflow_server_with_authentication_refuses_strangers_and_takes_a_run_with_credentials(tmp_path):
+    """MLflow's basic-auth app, as node.sh starts it on a cluster: run.py without credentials or with a
+    wrong password stops in one line before Ray starts; with the credentials in the environment (how a
+    cluster hands them to every process) the run trains and its workers log into the server."""
+    from mlflow.tracking import MlflowClient
+
+    password = "s3cret-" + "7" * 20
+    with mlflow_server(tmp_path / "server", auth=("attn", password)) as uri:
+        base = {k: v for k, v in ray_with_cpus(2).items() if not k.startswith("MLFLOW_TRACKING_")}
+        args = [str(EXPERIMENT), "data.train_subset=500", "data.eval_subset=100", "eval.mc_samples=1",
+                "eval.viz_images=0", "train.epochs=1", f"tracking.tracking_uri={uri}"]
+        for extra, needle in (({}, "needs credentials (HTTP 401)"),
+                              ({"MLFLOW_TRACKING_USERNAME": "attn", "MLFLOW_TRACKING_PASSWORD": "guess"},
+                               "refused the credentials of user 'attn' (HTTP 401)")):
+            proc = run_cli(tmp_path, *args, env={**base, **extra})
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert proc.returncode != 0 and lines[-1].startswith("error: ") and needle in lines[-1], proc.stderr[-2000:]
+            assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()  # nothing started
+        creds = {"MLFLOW_TRACKING_USERNAME": "attn", "MLFLOW_TRACKING_PASSWORD": password}
+        proc = run_cli(tmp_path, *args, env={**base, **creds})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        os.environ.update(creds)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+        finally:
+            for key in creds:
+                os.environ.pop(key, None)
+        assert run.info.status == "FINISHED" and "test_error" in run.data.metrics and "val_error" in run.data.metrics

@@ -32,14 +32,23 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, port: int | None = None):
-    """A real MLflow tracking server on loopback (SQLite store, proxied artifacts); yields its URI."""
+def mlflow_server(root: Path, port: int | None = None, auth: tuple[str, str] | None = None):
+    """A real MLflow tracking server on loopback (SQLite store, proxied artifacts); yields its URI.
+    ``auth`` (user, password): MLflow's basic-auth app, with that admin user, as node.sh starts it."""
     port = port or free_port()
+    env, app = dict(os.environ), []
+    if auth is not None:
+        ini = root / "auth.ini"
+        ini.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
+                       f"admin_username = {auth[0]}\nadmin_password = {auth[1]}\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY="test-session-secret")
+        app = ["--app-name", "basic-auth"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        [sys.executable, "-m", "mlflow", "server", *app, "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
