@@ -97,7 +97,8 @@ ENV
     [ -z "$tracking" ] || echo "$tracking" >> "$envfile"
     # MLflow's credentials (made by `node.sh head`, mode 600 on the shared folder): every process Ray
     # starts on any node reads them from the environment, none from a file of the project.
-    echo "[ -f \"$shared/.mlflow/credentials\" ] && . \"$shared/.mlflow/credentials\"" >> "$envfile"
+    # (if/fi: a missing file must not make sourcing cluster.env fail under set -e)
+    echo "if [ -f \"$shared/.mlflow/credentials\" ]; then . \"$shared/.mlflow/credentials\"; fi" >> "$envfile"
     local line='[ -f "$HOME/.attn/cluster.env" ] && . "$HOME/.attn/cluster.env"'
     touch "$HOME/.bashrc"
     grep -qxF "$line" "$HOME/.bashrc" || echo "$line" >> "$HOME/.bashrc"

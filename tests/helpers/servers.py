@@ -38,6 +38,7 @@ def mlflow_server(root: Path, port: int | None = None, auth: tuple[str, str] | N
     port = port or free_port()
     env, app = dict(os.environ), []
     if auth is not None:
+        root.mkdir(parents=True, exist_ok=True)
         ini = root / "auth.ini"
         ini.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
                        f"admin_username = {auth[0]}\nadmin_password = {auth[1]}\n"
