@@ -32,7 +32,7 @@ class DataBase(Section):
     task: str = Field("mnist", description=(
             "mnist: 28x28 digits, one label (RAM); mnist_translated / mnist_cluttered: the RAM paper's "
             "MNIST digits at a random spot of a larger canvas (with clutter); mnist_pairs: two MNIST digits on a "
-            "100 x 100 canvas read as two digits in either order (DRAM); mnist_addition: the same "
+            "100 x 100 canvas read as two digits, smaller first, scored in either order (DRAM); mnist_addition: the same "
             "canvases labelled with the sum of the two digits (19 classes); svhn: SVHN format 1 house "
             "numbers, digit sequences (DRAM), Goodfellow et al. crops; svhn_background: the same numbers "
             "placed at a random spot of a canvas_size x canvas_size extended background (the model must "

@@ -11,7 +11,6 @@ per class; :class:`LengthTable`: accuracy per label length and slot).
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from typing import Sequence
@@ -123,22 +122,7 @@ class Sequences(Objective):
         return {"num_slots": self.spec.max_tokens}
 
     def loss(self, episode, targets, rl_coef):
-        if self.spec.unordered_slots > 1:
-            targets = self.best_order(episode.log_probs, targets)
         return sequence_hybrid_loss(episode, targets, rl_coef, self.spec.end_token)
-
-    def best_order(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Targets (B, L') with their leading ``spec.unordered_slots`` tokens put, per image, in the order
-        the episode finds most probable (the smallest NLL over those slots), so that a set is learned in
-        whatever order the model reads it (e.g. left to right), not in the order it was stored in."""
-        u = self.spec.unordered_slots
-        lp = log_probs.detach()[:, :u]
-        orders = list(itertools.permutations(range(u)))
-        candidates = torch.stack([targets[:, list(order)] for order in orders])  # (P, B, u)
-        nll = -lp[None].expand(len(orders), -1, -1, -1).gather(-1, candidates.clamp_min(0)[..., None]).squeeze(-1)
-        best = nll.sum(-1).argmin(0)  # (B,): the first of equal orders, the stored one, wins ties
-        chosen = candidates.gather(0, best[None, :, None].expand(1, -1, u))[0]
-        return torch.cat([chosen, targets[:, u:]], dim=1)
 
     def score_batch(self, log_probs, targets):
         """nll sums over label tokens; digits are the tokens other than the end token."""

@@ -8,7 +8,6 @@ learned start of the no-context ablation)."""
 from __future__ import annotations
 
 from functools import lru_cache
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -118,26 +117,6 @@ def test_a_pair_is_right_in_either_order():
     # EVAL_SUMS: nll, tokens, correct, ...: (3, 7), (7, 3) right; (3, 3) and (7, 3) without the end wrong
     assert scores([[4, 8, 0], [8, 4, 0], [4, 4, 0], [8, 4, 5]])[2].item() == 2.0
     assert objective.correct(objective.predict(torch.eye(11)[[8, 4, 0]][None])[0].tolist(), [4, 8, 0])
-
-
-def test_the_loss_learns_a_pair_in_the_order_the_model_reads_it():
-    """The stored label is (3, 7, end); an episode reading 7 first is trained towards (7, 3, end), one
-    reading 3 first towards the stored order, and both get the same loss (the order costs nothing)."""
-    spec = DataSpec(1, 100, 100, 11, ("<end>",) + tuple("0123456789"), max_tokens=3, end_token=0, unordered_slots=2)
-    objective = objective_for(spec)
-    truth = torch.tensor([[4, 8, 0], [4, 8, 0]])
-    log_probs = torch.log_softmax(torch.randn(2, 3, 11) + 6.0 * torch.eye(11)[torch.tensor([[8, 4, 0], [4, 8, 0]])], -1)
-    assert objective.best_order(log_probs, truth).tolist() == [[8, 4, 0], [4, 8, 0]]
-
-    def loss(lp):
-        episode = SimpleNamespace(log_probs=lp, log_pi=torch.zeros(1, 3), baselines=torch.zeros(1, 3),
-                                  step_slot=torch.arange(3))
-        return objective.loss(episode, truth[:1], 0.01)
-
-    swapped = log_probs[:1].clone()
-    swapped[:, [0, 1]] = log_probs[:1, [1, 0]]
-    a, b = loss(log_probs[:1]), loss(swapped)
-    assert float(a.nll) == pytest.approx(float(b.nll)) and float(a.reward) == float(b.reward) == 3.0
 
 
 def test_the_experiment_files_and_dram_classifying_the_sum():
