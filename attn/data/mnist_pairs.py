@@ -33,9 +33,8 @@ from typing import Optional
 import torch
 
 from attn.config import DataConfig
-from attn.data.base import DataSpec, Split, TaskData
-from attn.data.mnist import load_mnist
-from attn.data.mnist_variants import DIGIT, DigitPool
+from attn.data.base import DataSpec, TaskData
+from attn.data.mnist_variants import DIGIT, DigitPool, digit_splits
 from attn.errors import DataError
 
 TRIES = 16
@@ -140,23 +139,12 @@ def pair_labels(task: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def load_mnist_pairs(cfg: DataConfig) -> TaskData:
-    """``mnist_pairs`` / ``mnist_addition`` from the MNIST copy of ``data.data_dir`` (None: the embedded
-    one), split as :func:`attn.data.mnist.load_mnist` splits it."""
-    src = load_mnist(cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std)
+    """``mnist_pairs`` / ``mnist_addition`` from :func:`attn.data.mnist_variants.digit_splits`."""
     N = cfg.mnist_canvas_size
-    splits = (src.train, src.val, src.test)
-    sizes = tuple(len(s) for s in splits)
-    test_ids = src.test.ids + (sizes[0] + sizes[1])
-    pool = torch.cat([s.images for s in splits])  # (R, 1, 28, 28)
-    ids = torch.cat([src.train.ids, src.val.ids, test_ids])
-    digits = torch.cat([s.labels for s in splits])
-    partner = partners(sizes, cfg.placement_seed)
-    labels = pair_labels(cfg.task, digits, digits[partner])
-    canvas = PairCanvas(pool[:, 0], ids, sizes, partner, size=N, seed=cfg.placement_seed)
-    out, at = [], 0
-    for n, split_ids in zip(sizes, (src.train.ids, src.val.ids, test_ids)):
-        out.append(Split(pool[at: at + n], labels[at: at + n], split_ids))
-        at += n
+    digits = digit_splits(cfg)
+    partner = partners(digits.sizes, cfg.placement_seed)
+    canvas = PairCanvas(digits.pool[:, 0], digits.ids, digits.sizes, partner, size=N, seed=cfg.placement_seed)
+    out = digits.splits(pair_labels(cfg.task, digits.labels, digits.labels[partner]))
     if cfg.task == "mnist_addition":
         spec = DataSpec(1, N, N, 19, tuple(str(i) for i in range(19)))
         what = "labelled with their sum (19 classes)"

@@ -239,28 +239,46 @@ def ink_boxes(digits: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1).float()
 
 
-def load_mnist_variant(cfg: DataConfig) -> TaskData:
-    """``mnist_translated`` / ``mnist_cluttered`` from the MNIST copy of ``data.data_dir`` (None: the
-    embedded one), split as :func:`attn.data.mnist.load_mnist` splits it."""
+class DigitSplits(NamedTuple):
+    """A task's train, val and test digits one after the other: ``pool`` uint8 (R, 1, 28, 28), their
+    ``ids`` (R,) and ``labels`` (R,), and the three ``sizes``. Test ids follow the training file's
+    (60000 + i), so an id names one digit, and its split, for a canvas."""
+
+    pool: torch.Tensor
+    ids: torch.Tensor
+    labels: torch.Tensor
+    sizes: tuple[int, int, int]
+
+    def splits(self, labels: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> list[Split]:
+        """The three splits as views of the pool, with ``labels`` (R, ...) and ``boxes`` (R, 4) per row."""
+        out, at = [], 0
+        for n in self.sizes:
+            rows = slice(at, at + n)
+            out.append(Split(self.pool[rows], labels[rows], self.ids[rows], None if boxes is None else boxes[rows]))
+            at += n
+        return out
+
+
+def digit_splits(cfg: DataConfig) -> DigitSplits:
+    """The MNIST copy of ``data.data_dir`` (None: the embedded one), split as
+    :func:`attn.data.mnist.load_mnist` splits it, as one pool."""
     src = load_mnist(cfg.data_dir, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, mean=cfg.mean, std=cfg.std)
+    splits = (src.train, src.val, src.test)
+    sizes = tuple(len(s) for s in splits)
+    ids = torch.cat([src.train.ids, src.val.ids, src.test.ids + (sizes[0] + sizes[1])])
+    return DigitSplits(torch.cat([s.images for s in splits]), ids, torch.cat([s.labels for s in splits]), sizes)
+
+
+def load_mnist_variant(cfg: DataConfig) -> TaskData:
+    """``mnist_translated`` / ``mnist_cluttered`` from :func:`digit_splits`."""
     N = cfg.mnist_canvas_size
     clutter = {}
     if cfg.task == "mnist_cluttered":
         pieces = cfg.clutter_pieces if cfg.clutter_pieces is not None else PAPER_PIECES[N]
         clutter = {"pieces": pieces, "piece": cfg.clutter_size}
-    splits = (src.train, src.val, src.test)
-    sizes = tuple(len(s) for s in splits)
-    # Test ids follow the training file's, so an id names one digit (and its split) for the canvas.
-    test_ids = src.test.ids + (sizes[0] + sizes[1])
-    pool = torch.cat([s.images for s in splits])  # (R, 1, 28, 28): the splits become views of it
-    ids = torch.cat([src.train.ids, src.val.ids, test_ids])
-    canvas = DigitCanvas(pool[:, 0], ids, sizes, size=N, seed=cfg.placement_seed, **clutter)
-    boxes = ink_boxes(pool[:, 0])
-    out, at = [], 0
-    for s, split_ids in zip(splits, (src.train.ids, src.val.ids, test_ids)):
-        n = len(s)
-        out.append(Split(pool[at : at + n], s.labels, split_ids, boxes[at : at + n]))
-        at += n
+    digits = digit_splits(cfg)
+    canvas = DigitCanvas(digits.pool[:, 0], digits.ids, digits.sizes, size=N, seed=cfg.placement_seed, **clutter)
+    out = digits.splits(digits.labels, ink_boxes(digits.pool[:, 0]))
     spec = DataSpec(
         channels=1, height=N, width=N, num_classes=10, class_names=tuple(str(i) for i in range(10))
     )
