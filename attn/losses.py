@@ -10,8 +10,10 @@ RAM (:func:`hybrid_loss`): L_cls from h_T, reward R = 1[argmax log p(y | x) = y]
 DRAM (:func:`sequence_hybrid_loss`): the label is a token sequence ending in the end token. A sequence
 runs while its tokens are read correctly: slot j is *active* if every earlier token was right and none
 was the end token. R = the number of leading tokens read correctly (end included); L_cls averages the
-token NLL over the active slots (up to and including the first mistake); a step is valid when its
-glimpse belongs to an active slot. Masks, never sentinel values, select what counts.
+token NLL over the active slots (up to and including the first mistake), or over every label slot
+(``all_tokens``: the likelihood of the whole label, so that later slots learn while the first is
+still mostly wrong); a step is valid when its glimpse belongs to an active slot. Masks, never
+sentinel values, select what counts.
 
 The baseline is a control variate: detaching it in L_RL keeps REINFORCE unbiased; R is a constant (no
 gradient). A negative total loss is normal.
@@ -118,16 +120,18 @@ def sequence_outcome(pred: torch.Tensor, targets: torch.Tensor, end_token: int) 
     return SequenceOutcome(valid, token_correct, active, reward, correct)
 
 
-def sequence_hybrid_loss(episode, targets: torch.Tensor, rl_coef: float, end_token: int) -> LossTerms:
+def sequence_hybrid_loss(episode, targets: torch.Tensor, rl_coef: float, end_token: int,
+                         all_tokens: bool = False) -> LossTerms:
     """L = NLL + MSE(b, R) + rl_coef * REINFORCE for a DRAM :class:`~attn.models.dram.SequenceEpisode`.
 
     targets: (B, L') int64 tokens padded with IGNORE_INDEX; the episode's L slots must cover every
-    label (L' > L only with padding).
+    label (L' > L only with padding). all_tokens: L_cls over every label token, not only the active
+    slots (REINFORCE and the baseline keep the active slots' glimpses either way).
     """
     L = episode.log_probs.shape[1]
     y = targets[:, :L]
     out = sequence_outcome(episode.log_probs.argmax(dim=-1), y, end_token)
-    counted = out.active & out.valid
+    counted = out.valid if all_tokens else out.active & out.valid
     token_nll = -episode.log_probs.gather(-1, y.clamp_min(0)[..., None]).squeeze(-1)
     nll = (token_nll * counted).sum() / counted.sum().clamp_min(1)
     reward = out.reward.to(episode.log_probs.dtype)

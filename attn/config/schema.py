@@ -40,6 +40,14 @@ class TrainConfig(Section):
         50, ge=1, description="Early stopping: epochs since the best validation error before stopping."
     )
     rl_coef: float = Field(0.01, ge=0.0, description="lambda: weight of the REINFORCE term.")
+    token_loss: Literal["leading", "all"] = Field(
+        "leading",
+        description="Which label tokens the classification loss of a sequence task (dram) reads: leading, "
+        "those up to and including the first wrong one (Ba et al.'s cut at the first error); all, every "
+        "token of the label, so that later slots learn while the first is still often wrong. REINFORCE "
+        "and the baseline count the glimpses of the leading slots either way. A classification label is "
+        "one token: the same for both.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Arithmetic of the training step: fp32; bf16 (autocast in bfloat16, no loss scaling); fp16 "

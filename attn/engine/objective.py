@@ -107,10 +107,16 @@ class Classification(Objective):
 
 class Sequences(Objective):
     """Token sequences ending in ``spec.end_token``: log_probs (B, L, C), targets (B, L') padded with
-    IGNORE_INDEX (L' >= L, the slots beyond L padding only); reward R = leading tokens right."""
+    IGNORE_INDEX (L' >= L, the slots beyond L padding only); reward R = leading tokens right.
+    token_loss (``train.token_loss``): "leading" trains the classifier on the slots up to the first
+    wrong token, "all" on every label token."""
 
     error_name = "sequence error"
     extra_scores = ("token_accuracy", "digit_accuracy", "reward")
+
+    def __init__(self, spec: DataSpec, token_loss: str = "leading"):
+        super().__init__(spec)
+        self.all_tokens = token_loss == "all"
 
     def slots(self, labels):
         """The batch's longest label (at least 1 slot), read from the host copy of the labels (numpy,
@@ -122,7 +128,7 @@ class Sequences(Objective):
         return {"num_slots": self.spec.max_tokens}
 
     def loss(self, episode, targets, rl_coef):
-        return sequence_hybrid_loss(episode, targets, rl_coef, self.spec.end_token)
+        return sequence_hybrid_loss(episode, targets, rl_coef, self.spec.end_token, self.all_tokens)
 
     def score_batch(self, log_probs, targets):
         """nll sums over label tokens; digits are the tokens other than the end token."""
@@ -171,8 +177,10 @@ class Sequences(Objective):
         return LengthTable(self.spec, device)
 
 
-def objective_for(spec: DataSpec) -> Objective:
-    return Sequences(spec) if spec.end_token is not None else Classification(spec)
+def objective_for(spec: DataSpec, token_loss: str = "leading") -> Objective:
+    """The objective of ``spec``'s task; ``token_loss`` (``train.token_loss``) matters to sequences only
+    (a classification label is one token)."""
+    return Sequences(spec, token_loss) if spec.end_token is not None else Classification(spec)
 
 
 def _all_reduce_(tensors: list[torch.Tensor]) -> None:

@@ -150,11 +150,13 @@ def train_epoch(
     precision: Optional[Precision] = None,
     all_slots: bool = False,
     average: Optional[WeightAverage] = None,
+    token_loss: str = "leading",
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
     ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32); ``all_slots``:
     sequence episodes read every label slot (see :func:`batch_loss`); ``average``: a
-    :class:`~attn.engine.averaging.WeightAverage` updated after every step.
+    :class:`~attn.engine.averaging.WeightAverage` updated after every step; ``token_loss``: which label
+    tokens the classification loss reads (:class:`~attn.engine.objective.Sequences`).
 
     accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
     tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the
@@ -164,7 +166,7 @@ def train_epoch(
     guard = nonfinite or NonFiniteGuard(limit=2**62)
     skipped_before = guard.skipped
     model.train()
-    objective = objective_for(data.spec)
+    objective = objective_for(data.spec, token_loss)
     sums = torch.zeros(len(_TRAIN_SUMS) + 1, dtype=torch.float64, device=device)  # + image count
     start = time.perf_counter()
     n_batches = len(loader)

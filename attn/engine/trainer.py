@@ -232,7 +232,8 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
         if run.chief else None
     tm = train_epoch(run.train_model, run.loaders["train"], run.data, state.optimizer, rl_coef=tc.rl_coef,
                      device=dev, grad_clip=tc.grad_clip, nonfinite=run.nonfinite, progress=progress,
-                     precision=state.precision, all_slots=tc.compile != "off", average=state.average)
+                     precision=state.precision, all_slots=tc.compile != "off", average=state.average,
+                     token_loss=tc.token_loss)
     vm = evaluate(state.eval_model, run.loaders["val"], run.data, device=dev, policy="mean", seed=cfg.eval.seed)
     lr = state.optimizer.param_groups[0]["lr"]
     step_scheduler(state.scheduler, vm["error"])

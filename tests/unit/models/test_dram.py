@@ -65,6 +65,12 @@ def test_sequence_hybrid_loss_hand_worked():
     assert t.reward.tolist() == [2.0, 0.0] and t.correct.tolist() == [True, False]
     assert t.glimpses.tolist() == [2.0, 1.0]
 
+    # token_loss all: L_cls reads sample 1's end slot too; REINFORCE and the baseline do not change.
+    a = sequence_hybrid_loss(ep, y, rl_coef=0.1, end_token=0, all_tokens=True)
+    assert a.nll.item() == pytest.approx(-(math.log(0.7) + math.log(0.6) + math.log(0.3) + math.log(0.5)) / 4)
+    assert a.baseline.item() == pytest.approx(mse) and a.reinforce.item() == pytest.approx(rl)
+    assert a.glimpses.tolist() == [2.0, 1.0]
+
 
 @pytest.mark.parametrize("core", ["lstm", "gtrxl"])
 @pytest.mark.parametrize("explore", [0, 2])
