@@ -303,6 +303,14 @@ class TrackingConfig(Section):
         description="If the MLflow server goes away during a run, writes are buffered and retried; at the end "
         "of the run wait this long for it before failing (the results stay in the run's checkpoints).",
     )
+    system_metrics: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="MLflow's system metrics (system/...: GPU utilisation and memory, CPU, memory, disk, network) "
+        "sampled on every node of the run: auto when the run trains on GPUs; on: also on CPUs; off: never.",
+    )
+    system_metrics_interval_s: float = Field(
+        10.0, ge=0.1, description="Seconds between two samples of the system metrics (each one MLflow step)."
+    )
 
 
 class ExperimentConfig(Section):

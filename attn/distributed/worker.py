@@ -105,6 +105,18 @@ def _worker_nodes(world: int) -> list[str]:
     return [str(n) for n in nodes]
 
 
+def _system_metrics(cfg: ExperimentConfig, ctx: Any, ml: Optional[dict], device: torch.device, log: Any) -> Any:
+    """The node's system-metrics sampler (on its worker of local rank 0), or None
+    (:mod:`attn.tracking.system_metrics`)."""
+    from attn.tracking.system_metrics import SystemMetrics, wanted
+
+    if not ml or ctx.get_local_rank() != 0 or not wanted(cfg.tracking.system_metrics, device.type == "cuda"):
+        return None
+    several = ctx.get_world_size() > ctx.get_local_world_size()
+    node = f"node{ctx.get_node_rank()}" if several else None
+    return SystemMetrics(ml["uri"], ml["run_id"], cfg.tracking.system_metrics_interval_s, node, log)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: ``loop_config`` = {"config": ..., "mlflow": {...}}."""
     cfg = ExperimentConfig.model_validate(loop_config["config"])
@@ -122,6 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         from attn.tracking import MlflowTracker
 
         tracker = MlflowTracker(ml["uri"], ml["run_id"], retry_timeout_s=cfg.tracking.retry_timeout_s, log=_log)
+    sampler = _system_metrics(cfg, ctx, ml, device, _log)
     nodes = _worker_nodes(world)
     if rank == 0:
         _log(f"workers (rank: ip/node): {', '.join(f'{i}: {n}' for i, n in enumerate(nodes))}")
@@ -151,5 +164,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             init=init,
         )
     finally:
+        if sampler is not None:
+            sampler.stop()
         reporter.cleanup()
         sys.stdout.flush()

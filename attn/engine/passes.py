@@ -153,10 +153,9 @@ def train_epoch(
     token_loss: str = "leading",
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return mean loss terms, accuracy and images/s over all ranks.
-    ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32); ``all_slots``:
-    sequence episodes read every label slot (see :func:`batch_loss`); ``average``: a
-    :class:`~attn.engine.averaging.WeightAverage` updated after every step; ``token_loss``: which label
-    tokens the classification loss reads (:class:`~attn.engine.objective.Sequences`).
+    ``precision``: the step's arithmetic (:mod:`attn.engine.precision`; None: fp32); ``all_slots``: see
+    :func:`batch_loss`; ``average``: a :class:`~attn.engine.averaging.WeightAverage` updated after every
+    step; ``token_loss``: see :class:`~attn.engine.objective.Sequences`.
 
     accuracy: share of images whose whole label was read right (the sequence accuracy for sequence
     tasks); token_accuracy: share of label tokens read right; reward: mean R; glimpses_per_image: the

@@ -53,8 +53,10 @@ class Tracker(Protocol):
 
     def set_tag(self, key: str, value: str) -> None: ...
 
-    def log_model(self, model: nn.Module, config_yaml: str) -> None:
-        """The best model in a portable format (MLflow's PyTorch flavour on rank 0)."""
+    def log_model(self, model: nn.Module, config_yaml: str, metrics: Optional[dict[str, float]] = None,
+                  step: int = 0) -> None:
+        """The best model in a portable format (MLflow's PyTorch flavour on rank 0), and ``metrics``
+        (the test results) at ``step``, linked to it."""
 
     def sync(self, history: list[dict[str, float]]) -> None:
         """When a worker group starts: the epochs so far (from the checkpoint), so that the tracker
@@ -74,7 +76,8 @@ class NullTracker:
     def set_tag(self, key: str, value: str) -> None:
         pass
 
-    def log_model(self, model: nn.Module, config_yaml: str) -> None:
+    def log_model(self, model: nn.Module, config_yaml: str, metrics: Optional[dict[str, float]] = None,
+                  step: int = 0) -> None:
         pass
 
     def sync(self, history: list[dict[str, float]]) -> None:
@@ -329,7 +332,9 @@ def _publish(run: _Run, final: dict[str, float], best_model: nn.Module, stats: S
     tracker, cfg = run.tracker, run.cfg
     # best_val_error is already a curve (every epoch); logging it again would repeat the last step.
     once = {"epoch", "best_val_error"} if run.state.history else {"epoch"}
-    tracker.log_metrics({k: v for k, v in final.items() if k not in once}, step=final["epoch"])
+    # the model first, so that the test metrics are linked to it (the Models view shows them)
+    tracker.log_model(best_model, run.config_yaml, metrics={k: v for k, v in final.items() if k not in once},
+                      step=int(final["epoch"]))
     run.pictures.episodes(best_model, "final", tracker)
     run.pictures.analysis(stats, tracker, step=final["epoch"])
     run.pictures.curves(run.state.history, f"{cfg.model.name}/{cfg.model.core.kind}", tracker)
@@ -353,7 +358,6 @@ def _publish(run: _Run, final: dict[str, float], best_model: nn.Module, stats: S
         (Path(tmp) / "config.yaml").write_text(run.config_yaml)
         tracker.log_artifact(str(path), "checkpoint")
         tracker.log_artifact(str(Path(tmp) / "config.yaml"), "checkpoint")
-    tracker.log_model(best_model, run.config_yaml)
     tracker.close()
 
 

@@ -1,6 +1,7 @@
 """A trained model in MLflow's PyTorch format, with the attn config inside, and reading it back.
 
-Every run logs its best model under ``model/`` (``runs:/<run id>/model``): the whole module pickled
+Every run logs its best model as an MLflow 3 logged model named ``model`` (the experiment's Models
+view; ``runs:/<run id>/model`` and ``models:/<model id>`` both name it): the whole module pickled
 (an episode's control flow is Python, which the traced 'pt2' format would freeze), with the training
 config as ``attn_config.yaml`` beside it, so that ``mlflow.pytorch.load_model`` gives a working model
 and ``run.py eval`` can rebuild the architecture from the config.
@@ -25,6 +26,8 @@ MODEL_CONFIG = "attn_config.yaml"
 """The training config inside a logged model's folder (MLflow ``extra_files``)."""
 MODEL_DIGEST_TAG = "attn.model_digest"
 """The run tag holding :func:`folder_digest` of the model folder the run logged."""
+MODEL_ID_TAG = "attn.model_id"
+"""The run tag holding the id of the MLflow 3 logged model the run logged (``models:/<id>``)."""
 
 
 def folder_digest(folder: Path) -> str:

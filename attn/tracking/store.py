@@ -397,6 +397,25 @@ def _registered_model(uri: str, model_uri: str) -> Optional[tuple[Optional[str],
         raise TrackingError(f"no MLflow model {model_uri} at {uri} ({_first_line(exc)})") from None
 
 
+def _run_model_location(uri: str, runs_uri: str) -> Optional[str]:
+    """Where ``runs:/RUN_ID/NAME[/path]`` lies when NAME is an MLflow 3 logged model of that run (its
+    artifact location, plus the path); None when the run logged no such model (a plain artifact)."""
+    run_id, _, rest = runs_uri[len("runs:/"):].partition("/")
+    name, _, sub = rest.partition("/")
+    if not (run_id and name):
+        return None
+    client = mlflow_client(uri)
+    try:
+        experiment = client.get_run(run_id).info.experiment_id
+        models = client.search_logged_models([experiment], filter_string=f"name = '{name}'")
+    except Exception:  # noqa: BLE001 - a missing run: the plain download says so
+        return None
+    found = next((m for m in models if m.source_run_id == run_id), None)
+    if found is None:
+        return None
+    return found.artifact_location.rstrip("/") + (f"/{sub}" if sub else "")
+
+
 def model_run(uri: str, model_uri: str) -> Optional[str]:
     """The id of the run that logged the model ``model_uri`` names (``runs:/RUN_ID/...`` or a
     ``models:/`` URI, see :func:`_registered_model`); None for a URI that names no run."""
@@ -415,9 +434,12 @@ def download(uri: str, dest: Path, *, run_id: Optional[str] = None, artifact_pat
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
     Path(dest).mkdir(parents=True, exist_ok=True)
     if artifact_uri is not None:
+        # MLflow would look models up in the default store, not at uri: resolve them here
         registered = _registered_model(uri, artifact_uri)
-        if registered is not None:  # MLflow would look the name up in the default registry, not at uri
+        if registered is not None:
             artifact_uri = registered[1]
+        elif artifact_uri.startswith("runs:/"):
+            artifact_uri = _run_model_location(uri, artifact_uri) or artifact_uri
         local = download_artifacts(artifact_uri=artifact_uri, dst_path=str(dest), tracking_uri=uri)
     else:
         local = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest), tracking_uri=uri)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from attn.errors import TrackingError
-from attn.tracking.model_format import MODEL_ARTIFACT, MODEL_DIGEST_TAG, folder_digest, save_model
+from attn.tracking.model_format import MODEL_ARTIFACT, MODEL_DIGEST_TAG, MODEL_ID_TAG, folder_digest, save_model
 from attn.tracking.store import mlflow_client
 
 
@@ -54,6 +54,7 @@ class MlflowTracker:
         self.epoch_key = epoch_key
         self.client = mlflow_client(uri)
         # ("metrics", (step, [Metric])) | ("artifact", (path, dir)) | ("tag", (k, v)) | ("sync", history)
+        # | ("model", {folder, digest, step, metrics, done: the steps already delivered})
         self._pending: list[tuple[str, Any]] = []
         self._held_steps: set[int] = set()  # steps of epoch_key the run holds (known after a sync)
         self._spool: Optional[str] = None  # copies of artifacts waiting for the server
@@ -69,13 +70,16 @@ class MlflowTracker:
         """A file, or a folder's contents (into ``artifact_path``)."""
         self._submit(("artifact", (path, artifact_path)))
 
-    def log_model(self, model: Any, config_yaml: str) -> None:
-        """``model`` in MLflow's PyTorch format under ``model/`` (``runs:/<run id>/model``), with the
-        training config inside (:mod:`attn.tracking.model_format`)."""
-        with tempfile.TemporaryDirectory(prefix="attn-model-") as tmp:
-            folder = save_model(model, config_yaml, Path(tmp))
-            self.set_tag(MODEL_DIGEST_TAG, folder_digest(folder))  # what loading it checks before unpickling
-            self.log_artifact(str(folder), MODEL_ARTIFACT)
+    def log_model(self, model: Any, config_yaml: str, metrics: Optional[dict[str, Any]] = None, step: int = 0) -> None:
+        """``model`` in MLflow's PyTorch format, with the training config inside
+        (:mod:`attn.tracking.model_format`), as an MLflow 3 logged model named ``model`` whose source is
+        this run: listed in the experiment's Models view, loadable as ``runs:/<run id>/model`` and
+        ``models:/<model id>``. ``metrics`` (e.g. the test errors) are logged to the run at ``step``,
+        linked to the model."""
+        self._spool = self._spool or tempfile.mkdtemp(prefix="attn-mlflow-spool-")
+        folder = save_model(model, config_yaml, Path(tempfile.mkdtemp(dir=self._spool)))
+        self._submit(("model", {"folder": str(folder), "digest": folder_digest(folder), "step": step,
+                                "metrics": dict(metrics or {}), "done": []}))
 
     def set_tag(self, key: str, value: str) -> None:
         self._submit(("tag", (key, value)))
@@ -137,6 +141,8 @@ class MlflowTracker:
                             self._held_steps.add(step)
                 elif kind == "sync":
                     self._sync_now(payload)
+                elif kind == "model":
+                    self._model_now(payload)
                 elif kind == "artifact":
                     if Path(payload[0]).is_dir():
                         self.client.log_artifacts(self.run_id, *payload)
@@ -157,6 +163,38 @@ class MlflowTracker:
             self._outage_since = None
         self._backoff = 1.0
         return True
+
+    def _model_now(self, item: dict[str, Any]) -> None:
+        """The steps of a logged model, each done once however often a failure retries the item."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
+
+        done = item["done"]
+        if "created" not in done:
+            experiment = self.client.get_run(self.run_id).info.experiment_id
+            logged = self.client.create_logged_model(
+                experiment, name=MODEL_ARTIFACT, source_run_id=self.run_id, model_type="attn",
+                tags={MODEL_DIGEST_TAG: item["digest"]},
+            )
+            item["model_id"] = logged.model_id
+            done.append("created")
+        model_id = item["model_id"]
+        if "uploaded" not in done:
+            self.client.log_model_artifacts(model_id, item["folder"])
+            done.append("uploaded")
+        if "ready" not in done:
+            # the digest the loader checks before unpickling lives in the tracking store, beside the run
+            self.client.log_batch(self.run_id, tags=[RunTag(MODEL_DIGEST_TAG, item["digest"]),
+                                                     RunTag(MODEL_ID_TAG, model_id)])
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, item["step"])])
+            done.append("ready")
+        if "metrics" not in done:
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, item["step"], model_id=model_id, run_id=self.run_id)
+                     for k, v in item["metrics"].items() if isinstance(v, (int, float))]
+            if batch:
+                self.client.log_batch(self.run_id, metrics=batch)
+            done.append("metrics")
 
     def _sync_now(self, history: list[dict[str, float]]) -> None:
         held = {m.step for m in self.client.get_metric_history(self.run_id, self.epoch_key)}

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, running_ray_head, steps
+from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, join_node, running_ray_head, steps
 from helpers.processes import MARKER, command_line, marked_pids
 from helpers.servers import free_port, mlflow_server
 
@@ -39,12 +39,14 @@ def marked_processes(*needles: str) -> list[int]:
     return [pid for pid in marked_pids() if any(n in " ".join(command_line(pid)) for n in needles)]
 
 
-def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_path, monkeypatch):
+def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path, monkeypatch):
     """Two Ray nodes (1 CPU each) joined on loopback; two DDP workers, one per node (STRICT_SPREAD);
     checkpoints in a shared storage folder; params, curves and artifacts in an MLflow server on
-    loopback. Mid-run the server stops; while it is down one worker process is killed (Ray Train
-    restarts the worker group from the latest checkpoint, and rank 0's buffered metrics die with
-    it); then the server starts again. The run finishes and every epoch is in MLflow exactly once."""
+    loopback. Mid-run the server stops; while it is down the second node's raylet is killed, as a
+    reclaimed spot node vanishes (its worker dies with it, and with a rank-0 worker there its
+    buffered metrics); a new node joins, as the autoscaler would start one, and Ray Train restarts
+    the worker group there from the latest checkpoint; then the server starts again. The run
+    finishes and every epoch is in MLflow exactly once."""
     from mlflow.tracking import MlflowClient
 
     epochs, port, shared = 8, free_port(), tmp_path / "shared"
@@ -58,7 +60,9 @@ def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_pa
     server = mlflow_server(tmp_path / "mlflow", port=port)
     uri = server.__enter__()
     try:
-        with running_ray_head(num_cpus=1, extra_nodes=(1,)) as address:
+        with running_ray_head(num_cpus=1) as address:
+            spot_port = free_port()
+            join_node(address, 1, f"--node-manager-port={spot_port}")
             with background_run(
                 tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
                 f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
@@ -75,7 +79,9 @@ def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_pa
                     time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
                 workers = marked_processes("RayTrainWorker")
                 assert len(workers) == 2, workers
-                os.kill(workers[-1], signal.SIGKILL)
+                (raylet,) = marked_processes(f"--node_manager_port={spot_port}")
+                os.kill(raylet, signal.SIGKILL)
+                join_node(address, 1)  # the replacement node
                 time.sleep(3)
                 server = mlflow_server(tmp_path / "mlflow", port=port)
                 server.__enter__()
@@ -93,6 +99,7 @@ def test_ddp_across_two_nodes_survives_a_lost_worker_and_an_mlflow_outage(tmp_pa
             # The two ranks ran on two different nodes.
             nodes = run.data.tags["ray.worker_nodes"].split(",")
             assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
+            assert len(re.findall(r"workers \(rank: ip/node\)", out)) == 2, out[-4000:]  # first group, then the restart
 
             p = run.data.params
             assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "6000"

@@ -34,6 +34,23 @@ def artifact_files(client, run_id: str, path: str = "") -> set[str]:
     return out
 
 
+def model_files(client, model_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for f in client.list_logged_model_artifacts(model_id, path):
+        out |= model_files(client, model_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def test_the_run_records_system_metrics_every_interval(trained):
+    """tracking.system_metrics=on (auto records them only on GPUs): MLflow's sampler logged CPU and
+    memory use about once a second (tracking.system_metrics_interval_s=1) while the run trained."""
+    _, client, run = trained
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 5 and [m.step for m in cpu] == list(range(len(cpu)))
+    assert all(0 <= m.value <= 100 for m in cpu)
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
+
+
 def test_the_console_shows_attns_lines_without_rays_decoration(trained):
     """What a user reads: the epoch lines as attn writes them, no ANSI colour codes, no
     ``(RayTrainWorker pid=...)`` prefix, no notices about Ray's token or MLflow's table creation."""
@@ -255,7 +272,10 @@ def test_eval_from_model_uri_and_checkpoint_path_and_refusals(trained):
 
 def test_mlflow_pytorch_load_model_in_a_fresh_process_predicts_like_training(trained, tmp_path):
     cwd, client, run = trained
-    assert {"model/MLmodel", "model/data/model.pth"} <= artifact_files(client, run.info.run_id, "model")
+    logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    assert [m.name for m in logged] == ["model"]  # an MLflow 3 logged model: the experiment's Models view
+    assert {"MLmodel", "data/model.pth"} <= model_files(client, logged[0].model_id)
+    assert {m.key: m.value for m in logged[0].metrics}["test_error"] == run.data.metrics["test_error"]
     script = f"""
 import json, mlflow.pytorch, torch
 from mlflow.artifacts import download_artifacts
@@ -308,7 +328,7 @@ def test_cost_and_transfer_from_the_run(trained):
             if path.endswith(".md"):
                 self.files.append((Path(path).read_text(), artifact_path))
         def set_tag(self, k, v): self.tags[k] = v
-        def log_model(self, model, config_yaml): ...
+        def log_model(self, model, config_yaml, metrics=None, step=0): ...
         def sync(self, history): ...
         def close(self): ...
 

@@ -20,9 +20,10 @@ SMALL = ["data.train_subset=3000", "data.eval_subset=500", "eval.mc_samples=2"]
 RAY = str(Path(sys.executable).parent / "ray")
 
 FINISHED_RUN_ARGS = ["data.train_subset=3000", "data.eval_subset=500", "eval.mc_samples=2", "train.epochs=4",
-                     "ray.cpus_per_worker=2", "eval.viz_every=2", "eval.viz_images=8"]
-"""The shared MNIST run: the reference of the interrupt/resume test (the pictures settings do not
-change what a run computes) and the subject of tests/e2e/test_run_outputs.py."""
+                     "ray.cpus_per_worker=2", "eval.viz_every=2", "eval.viz_images=8", "tracking.system_metrics=on",
+                     "tracking.system_metrics_interval_s=1"]
+"""The shared MNIST run: the reference of the interrupt/resume test (the pictures and system-metrics
+settings do not change what a run computes) and the subject of tests/e2e/test_run_outputs.py."""
 
 
 def ray_with_cpus(n: int) -> dict[str, str]:
@@ -106,6 +107,17 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
+def join_node(address: str, cpus: int, *args: str) -> None:
+    """``ray start`` one more node with ``cpus`` CPUs into the cluster at ``address`` (on loopback);
+    ``args``: more ``ray start`` options. :func:`running_ray_head`'s teardown stops it too."""
+    join = subprocess.run(
+        [RAY, "start", f"--address={address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1",
+         "--disable-usage-stats", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert join.returncode == 0, join.stderr[-3000:]
+
+
 @contextlib.contextmanager
 def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
     """A real Ray cluster started with `ray start` (as on a cluster): a head with ``num_cpus`` CPUs and
@@ -125,12 +137,7 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
         )
         assert start.returncode == 0, start.stderr[-3000:]
         for cpus in extra_nodes:
-            join = subprocess.run(
-                [RAY, "start", f"--address={address}", f"--num-cpus={cpus}",
-                 "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-                capture_output=True, text=True, timeout=120,
-            )
-            assert join.returncode == 0, join.stderr[-3000:]
+            join_node(address, cpus)
         yield address
     finally:
         # ":{port}" also finds the Ray client server, which names the GCS by the node's other address

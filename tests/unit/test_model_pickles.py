@@ -1,5 +1,6 @@
-"""A pickled MLflow model is unpickled only when an attn run of the store logged exactly those files:
-the model a run logs loads by runs:/ and as a registered version; a model whose files were replaced
+"""The model a run logs is an MLflow 3 logged model (the experiment's Models view) with its test
+metrics linked, and it is unpickled only when an attn run of the store logged exactly those files:
+it loads by runs:/, by models:/<model id> and as a registered version; a model whose files were replaced
 after the run (here: a pickle that would create a file when unpickled) and a model no attn run logged
 are refused in one line before anything is unpickled; a model folder on disk loads with a plain note
 that it unpickles. A real MLflow store (sqlite and a file artifact store), no server."""
@@ -53,29 +54,50 @@ def store(made):
     uri, client, experiment, model, cfg = made
     run = client.create_run(experiment)
     tracker = MlflowTracker(uri, run.info.run_id, log=lambda line: None)
-    tracker.log_model(model, dump_config(cfg))
+    tracker.log_model(model, dump_config(cfg), metrics={"test_error": 1.5}, step=7)
     tracker.close()
     return uri, client, experiment, run.info.run_id, model, cfg
 
 
-def test_the_model_an_attn_run_logged_loads_by_run_and_as_a_registered_version(store):
-    uri, client, _, run_id, model, _ = store
+def _logged_model(client, experiment, run_id):
+    found = [m for m in client.search_logged_models([experiment]) if m.source_run_id == run_id]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_logged_model_is_listed_ready_with_its_run_and_test_metrics(store):
+    uri, client, experiment, run_id, _, _ = store
+    logged = _logged_model(client, experiment, run_id)
+    assert logged.name == "model" and str(logged.status) == "READY"
+    assert [(m.key, m.value, m.step) for m in logged.metrics] == [("test_error", 1.5, 7)]
+    run = client.get_run(run_id)
+    assert run.data.tags["attn.model_id"] == logged.model_id
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "test_error")] == [(7, 1.5)]
+
+
+def test_the_model_an_attn_run_logged_loads_by_run_by_model_id_and_as_a_registered_version(store, monkeypatch):
+    uri, client, experiment, run_id, model, _ = store
     weights = load_source(f"runs:/{run_id}/model", uri)
     assert weights.run_id == run_id and weights.state.keys() == model.state_dict().keys()
     assert all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
+    model_id = _logged_model(client, experiment, run_id).model_id
+    assert load_source(f"models:/{model_id}", uri).run_id == run_id
     client.create_registered_model(f"ram-{run_id}")
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    client.create_model_version(f"ram-{run_id}", source, run_id=run_id)
+    with monkeypatch.context() as env:  # MLflow's registry finds the logged model in the default store only
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        client.create_model_version(f"ram-{run_id}", f"models:/{model_id}", run_id=run_id, model_id=model_id)
     assert load_source(f"models:/ram-{run_id}/1", uri).run_id == run_id
 
 
 def test_a_replaced_model_file_is_refused_before_it_is_unpickled(store, tmp_path):
-    uri, client, _, run_id, _, _ = store
+    uri, client, experiment, run_id, _, _ = store
     marker = tmp_path / "unpickled"
     evil = tmp_path / "evil" / "model.pth"
     evil.parent.mkdir()
     torch.save(Evil(marker), evil)
-    client.log_artifact(run_id, str(evil), "model/data")  # over the logged model.pth
+    model_id = _logged_model(client, experiment, run_id).model_id
+    client.log_model_artifacts(model_id, str(evil.parent), "data")  # over the logged model.pth
     with pytest.raises(CheckpointError, match=rf"not the ones run {run_id} logged.*does not unpickle") as err:
         load_source(f"runs:/{run_id}/model", uri)
     assert "\n" not in str(err.value) and not marker.exists()
