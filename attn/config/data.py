@@ -32,7 +32,7 @@ class DataBase(Section):
     task: str = Field("mnist", description=(
             "mnist: 28x28 digits, one label (RAM); mnist_translated / mnist_cluttered: the RAM paper's "
             "MNIST digits at a random spot of a larger canvas (with clutter); mnist_pairs: two MNIST digits on a "
-            "100 x 100 canvas read as two digits, smaller first, scored in either order (DRAM); mnist_addition: the same "
+            "100 x 100 canvas read as two digits (data.pair_order), scored in either order (DRAM); mnist_addition: the same "
             "canvases labelled with the sum of the two digits (19 classes); svhn: SVHN format 1 house "
             "numbers, digit sequences (DRAM), Goodfellow et al. crops; svhn_background: the same numbers "
             "placed at a random spot of a canvas_size x canvas_size extended background (the model must "
@@ -213,9 +213,9 @@ class ClutteredData(TranslatedData):
         return self
 
 
-class PairsData(_Split, DataBase):
-    sequence: ClassVar[bool] = True
-    task: Literal["mnist_pairs"] = "mnist_pairs"
+class _PairCanvasData(_Split, DataBase):
+    """Keys of the two tasks on the DRAM paper's pair canvases."""
+
     mnist_canvas_size: int = Field(
         100,
         ge=84,
@@ -238,6 +238,20 @@ class PairsData(_Split, DataBase):
         "canvas_size": "the canvas side of {task!r} is data.mnist_canvas_size (100 in the paper)"
     }
 
+
+class PairsData(_PairCanvasData):
+    sequence: ClassVar[bool] = True
+    task: Literal["mnist_pairs"] = "mnist_pairs"
+    pair_order: Literal["left_to_right", "ascending"] = Field(
+        "left_to_right",
+        description=(
+            "The order the two digits are read in (scoring counts either order): left_to_right, the digit "
+            "whose frame starts further left first (the higher one on a tie), which an attention model can "
+            "follow by looking; ascending, the smaller digit first, which needs both digits seen before the "
+            "first is read."
+        ),
+    )
+
     def label_slots(self) -> int:
         return 3
 
@@ -245,8 +259,7 @@ class PairsData(_Split, DataBase):
         return "3 label slots (two digits, then the end token)"
 
 
-class AdditionData(PairsData):
-    sequence: ClassVar[bool] = False
+class AdditionData(_PairCanvasData):
     task: Literal["mnist_addition"] = "mnist_addition"
 
     def label_slots(self) -> int:

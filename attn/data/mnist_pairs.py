@@ -11,14 +11,20 @@ both, without overlap:
                     beside a on the x axis, where N >= 84 always leaves room)
     canvas[p_a] = a, canvas[p_b] = b
 
-Labels: ``mnist_pairs`` stores the two digits as a sequence, the smaller first, then the end token
-(tokens: 0 = end, 1 + d = digit d); ``mnist_addition`` has one label, a + b (19 classes). Stored
-smaller first, not left to right: a split's labels are stored once while training places the digits
-anew in every batch, so the stored label cannot follow their positions; it is the multiset the paper
-scores (55 unordered pairs). The loss trains that order; scoring does not count it
-(``DataSpec.unordered_slots``): a predicted pair is right when it holds both digits in either order.
-(A loss that took, per image, the order the episode found most probable did not learn: 98% error
-after 7 epochs, against 90% for the stored order; docs/results.md.)
+Labels: ``mnist_pairs`` stores the two digits as a sequence, then the end token (tokens: 0 = end,
+1 + d = digit d), in the order of ``data.pair_order``:
+
+    left_to_right  (a, b, end), and a is placed at whichever of the two drawn positions comes first
+                   in reading order (the smaller left edge, then the smaller top): the label follows
+                   the positions although training draws them anew every batch. The pairing is a
+                   random matching within a split, so (a, b) is exchangeable and the canvases are
+                   distributed exactly as with a at a random one of the two positions.
+    ascending      (min(a, b), max(a, b), end), a at the first drawn position: the episode must have
+                   seen both digits before it reads the first.
+
+``mnist_addition`` has one label, a + b (19 classes), a at the first drawn position. Scoring never
+counts the order (``DataSpec.unordered_slots``): a predicted pair is right when it holds both digits
+in either order, the multiset the paper scores (55 unordered pairs).
 
 Training canvases are new every batch (positions drawn per batch, in a few tensor ops on the batch's
 device); the pairing is fixed, so an epoch shows every digit once as a and about once as b.
@@ -67,10 +73,11 @@ class PairCanvas:
     ids (R,): their ids; partner (R,): the pool row each digit is paired with."""
 
     def __init__(self, pool: torch.Tensor, ids: torch.Tensor, split_sizes: tuple[int, int, int], partner: torch.Tensor,
-                 *, size: int, seed: int = 0) -> None:
+                 *, size: int, seed: int = 0, digit_first: bool = False) -> None:
         if size < 3 * DIGIT:
             raise ValueError(f"two {DIGIT} px digits need a canvas of at least {3 * DIGIT} px, not {size}")
         self.pool, self.partner, self.size = pool, partner, size
+        self.digit_first = digit_first  # the digit (not its partner) at the position read first
         self.digits = DigitPool(pool, ids)
         tables = []
         for code, n in enumerate(split_sizes):
@@ -83,9 +90,11 @@ class PairCanvas:
         return self.digits.rows(ids)
 
     def draw(self, batch: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Positions of ``batch`` pairs: (B, 2, 2) int64, [:, 0] the digit's (top, left), [:, 1] its partner's."""
+        """Positions of ``batch`` pairs: (B, 2, 2) int64, [:, 0] the digit's (top, left), [:, 1] its partner's;
+        with ``digit_first`` the digit's is the one read first (:func:`reading_order`)."""
         first = torch.randint(0, self.size - DIGIT + 1, (batch, 2), device=device, generator=generator)
-        return torch.stack([first, pair_positions(first, self.size, generator)], dim=1)
+        at = torch.stack([first, pair_positions(first, self.size, generator)], dim=1)
+        return reading_order(at, self.size) if self.digit_first else at
 
     def render(self, digits: torch.Tensor, partners: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """digits and partners uint8 (B, 28, 28), positions ``at`` (B, 2, 2) -> canvases uint8 (B, 1, N, N)."""
@@ -115,6 +124,14 @@ class PairCanvas:
         return out, frames
 
 
+def reading_order(at: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions (B, 2, 2) of two frames as (top, left) -> the same with, in each row, the frame read
+    first (the smaller left edge; on a tie the smaller top) at index 0."""
+    key = at[..., 1] * size + at[..., 0]  # (B, 2)
+    swap = key[:, 1] < key[:, 0]
+    return torch.where(swap[:, None, None], at.flip(1), at)
+
+
 def partners(split_sizes: tuple[int, ...], seed: int) -> torch.Tensor:
     """For a pool of splits one after the other: each row's partner, another row of its own split
     (a seeded offset 1 .. n-1 from it, so never itself)."""
@@ -130,12 +147,14 @@ def partners(split_sizes: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def pair_labels(task: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Digit labels a, b (N,) -> mnist_pairs: (N, 3) tokens (smaller, larger, end); mnist_addition: (N,) a + b."""
+def pair_labels(task: str, a: torch.Tensor, b: torch.Tensor, order: str = "left_to_right") -> torch.Tensor:
+    """Digit labels a, b (N,) -> mnist_pairs: (N, 3) tokens (a, b, end), or with ``order`` ascending
+    (smaller, larger, end); mnist_addition: (N,) a + b."""
     if task == "mnist_addition":
         return a + b
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    return torch.stack([lo + DIGIT_TOKEN, hi + DIGIT_TOKEN, torch.full_like(a, END)], dim=1)
+    if order == "ascending":
+        a, b = torch.minimum(a, b), torch.maximum(a, b)
+    return torch.stack([a + DIGIT_TOKEN, b + DIGIT_TOKEN, torch.full_like(a, END)], dim=1)
 
 
 def load_mnist_pairs(cfg: DataConfig) -> TaskData:
@@ -143,15 +162,18 @@ def load_mnist_pairs(cfg: DataConfig) -> TaskData:
     N = cfg.mnist_canvas_size
     digits = digit_splits(cfg)
     partner = partners(digits.sizes, cfg.placement_seed)
-    canvas = PairCanvas(digits.pool[:, 0], digits.ids, digits.sizes, partner, size=N, seed=cfg.placement_seed)
-    out = digits.splits(pair_labels(cfg.task, digits.labels, digits.labels[partner]))
+    order = getattr(cfg, "pair_order", None)
+    canvas = PairCanvas(digits.pool[:, 0], digits.ids, digits.sizes, partner, size=N, seed=cfg.placement_seed,
+                        digit_first=order == "left_to_right")
+    out = digits.splits(pair_labels(cfg.task, digits.labels, digits.labels[partner], order))
     if cfg.task == "mnist_addition":
         spec = DataSpec(1, N, N, 19, tuple(str(i) for i in range(19)))
         what = "labelled with their sum (19 classes)"
     else:
         spec = DataSpec(1, N, N, 11, ("<end>",) + tuple(str(i) for i in range(10)), max_tokens=3, end_token=END,
                         unordered_slots=2)
-        what = "read as two digits, the smaller first (scored in either order)"
+        read = "left to right" if order == "left_to_right" else "the smaller first"
+        what = f"read as two digits, {read} (scored in either order)"
     notes = [f"{cfg.task}: two 28x28 digits of a split, without overlap, on a {N}x{N} black canvas, {what}; "
              f"training positions drawn per batch, validation/test canvases and the pairing fixed by "
              f"placement_seed {cfg.placement_seed}"]

@@ -1,6 +1,7 @@
 """mnist_pairs / mnist_addition (the DRAM paper's MNIST tasks): two digits of one split, without
 overlap, inside the canvas, rendered as a slow pixel loop renders them; labels against a reference
-made from the MNIST labels by id; evaluation canvases the same across loads and batches, training
+made from the MNIST labels by id, in reading order (the digit read first is where the label says,
+without biasing which digit is there) or ascending; evaluation canvases the same across loads and batches, training
 positions new every batch; unordered pair scoring; the two experiment files train a step, and DRAM
 on the addition task is one classification whose gradient reaches the context network (also the
 learned start of the no-context ablation)."""
@@ -24,8 +25,8 @@ from helpers.cli import ROOT
 
 
 @lru_cache(maxsize=None)
-def data(task: str = "mnist_pairs", seed: int = 0):
-    return build_data(data_config(task=task, placement_seed=seed, train_subset=300, eval_subset=200))
+def data(task: str = "mnist_pairs", seed: int = 0, **keys):
+    return build_data(data_config(task=task, placement_seed=seed, train_subset=300, eval_subset=200, **keys))
 
 
 def _disjoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,9 +66,9 @@ def test_canvases_hold_the_digit_and_its_partner_where_the_frames_say():
         assert torch.equal(out[i, 0], _slow_canvas(images[i, 0], partner, at, 100))
 
 
-def test_labels_are_the_two_digits_of_one_split_smaller_first_or_their_sum():
+def test_labels_are_the_two_digits_of_one_split_in_reading_order_or_ascending_or_their_sum():
     mnist = load_mnist(val_fraction=0.1, split_seed=0)
-    pairs, sums = data("mnist_pairs"), data("mnist_addition")
+    pairs, sums, ascending = data("mnist_pairs"), data("mnist_addition"), data("mnist_pairs", pair_order="ascending")
     n_train = len(mnist.train) + len(mnist.val)
     label_of = {int(i): int(y) for s in (mnist.train, mnist.val) for i, y in zip(s.ids, s.labels)}
     label_of.update({int(i) + n_train: int(y) for i, y in zip(mnist.test.ids, mnist.test.labels)})
@@ -83,10 +84,36 @@ def test_labels_are_the_two_digits_of_one_split_smaller_first_or_their_sum():
         for k in range(len(split)):
             a = label_of[int(split.ids[k])]
             b = int(pool_labels[partner_rows[k]])
-            assert split.labels[k].tolist() == [min(a, b) + 1, max(a, b) + 1, 0], (name, k)
+            assert split.labels[k].tolist() == [a + 1, b + 1, 0], (name, k)
+            assert getattr(ascending, name).labels[k].tolist() == [min(a, b) + 1, max(a, b) + 1, 0], (name, k)
             assert int(getattr(sums, name).labels[k]) == a + b
     assert pairs.spec.max_tokens == 3 and pairs.spec.end_token == 0 and pairs.spec.unordered_slots == 2
     assert sums.spec.num_classes == 19 and sums.spec.end_token is None
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_left_to_right_the_first_label_is_the_digit_read_first_and_either_digit_can_be_it(train):
+    """Reading order: the first label's digit is the one whose frame starts further left (the higher one
+    on a tie), found here from the rendered pixels by a slow loop. The label follows the positions
+    without biasing the canvases: the smaller digit is the left one in about half of the pairs (the
+    ascending order placed by its label would put it there every time)."""
+    d = data()
+    images, labels, ids = next(iter(BatchLoader(d.train if train else d.test, 200, shuffle=False)))
+    torch.manual_seed(0)
+    out, frames = d.canvas.place(images, train=train, ids=ids)
+    partners = d.canvas.pool[d.canvas.partner[d.canvas.rows(ids)]]
+    smaller_left = differ = 0
+    for i in range(len(ids)):
+        at = frames[i, :, [1, 0]].long()  # (top, left) of the digit's frame, then its partner's
+        first = min(range(2), key=lambda k: (int(at[k, 1]), int(at[k, 0])))
+        assert first == 0, (i, at.tolist())
+        # the digit the label names first (its pool row's label) is drawn in the first frame
+        assert torch.equal(_slow_canvas(images[i, 0], partners[i], at, 100), out[i, 0])
+        a, b = int(labels[i, 0]) - 1, int(labels[i, 1]) - 1
+        if a != b:
+            differ += 1
+            smaller_left += a < b
+    assert 0.35 < smaller_left / differ < 0.65, (smaller_left, differ)
 
 
 def test_evaluation_canvases_are_fixed_and_training_ones_new_every_batch():
