@@ -99,7 +99,10 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
             # The two ranks ran on two different nodes.
             nodes = run.data.tags["ray.worker_nodes"].split(",")
             assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
-            assert len(re.findall(r"workers \(rank: ip/node\)", out)) == 2, out[-4000:]  # first group, then the restart
+            # the first worker group, then the restarted one with rank 1 on the replacement node (nodes on
+            # one machine share a log folder, so each node's log monitor may echo a line: count distinct lines)
+            groups = set(re.findall(r"workers \(rank: ip/node\): .*", out))
+            assert len(groups) == 2, out[-4000:]
 
             p = run.data.params
             assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "6000"
