@@ -29,6 +29,15 @@ class TrainConfig(Section):
     weight_decay: float = Field(
         0.01, ge=0.0, description="Weight decay of weight matrices and kernels only (biases, norms, gates' biases: none)."
     )
+    policy_lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="Learning-rate factor of the parameters only REINFORCE trains (the location network; dram: "
+        "also the context network and the top core r2). Their gradient is a noisy reward times the score, and Adam "
+        "steps every parameter by about lr whatever its noise, so at the full rate the policy can swing to a "
+        "canvas corner, where no glimpse sees anything and no reward brings it back; 0.1 keeps it steady.",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
     scheduler: Literal["plateau", "exponential", "cosine", "none"] = Field(
         "plateau", description="plateau: ReduceLROnPlateau on validation error."

@@ -30,23 +30,38 @@ def no_decay(module: nn.Module, name: str, param: nn.Parameter) -> bool:
     )
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """The trainable parameters in two optimizer groups: ``weight_decay`` for weight matrices and
-    kernels, 0 for the parameters :func:`no_decay` names. Each parameter appears once (shared ones too)."""
+def reinforce_only(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` (or of the model a DDP wrapper holds) that only the REINFORCE term trains."""
+    model = getattr(model, "module", model)
+    return list(model.reinforce_only()) if hasattr(model, "reinforce_only") else []
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float = 1.0, policy_lr_scale: float = 1.0) -> list[dict]:
+    """The trainable parameters in optimizer groups: ``weight_decay`` for weight matrices and kernels, 0
+    for the parameters :func:`no_decay` names; with ``policy_lr_scale`` != 1 the parameters of
+    :func:`reinforce_only` modules form two more such groups at ``lr * policy_lr_scale``. Each
+    parameter appears once (shared ones too)."""
+    policy = {id(p) for m in reinforce_only(model) for p in m.parameters()} if policy_lr_scale != 1.0 else set()
     seen: set[int] = set()
-    decay, keep = [], []
+    decay, keep, policy_decay, policy_keep = [], [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (keep if no_decay(module, name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+            if id(p) in policy:
+                (policy_keep if no_decay(module, name, p) else policy_decay).append(p)
+            else:
+                (keep if no_decay(module, name, p) else decay).append(p)
+    slow = lr * policy_lr_scale
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0},
+              {"params": policy_decay, "weight_decay": weight_decay, "lr": slow},
+              {"params": policy_keep, "weight_decay": 0.0, "lr": slow}]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.policy_lr_scale)
     params = [p for g in groups for p in g["params"]]
     on_cpu = all(p.device.type == "cpu" for p in params)
     # The fused kernels update all tensors in one pass (about 4x faster than foreach on CPU here), and

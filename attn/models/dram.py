@@ -122,6 +122,12 @@ class DRAM(nn.Module):
         self.baseline = BaselineNetwork(d)
         self.classifier = Classifier(d, num_classes)
 
+    def reinforce_only(self) -> list[nn.Module]:
+        """The modules only the REINFORCE term trains: the location network, the top core r2 and the
+        context network (the classification reads h1, which never depends on them; with
+        ``policy_grad`` detached they get no gradient at all)."""
+        return [self.locator, self.upper, self.context]
+
     def _context_step(self, images: torch.Tensor, copies: int = 1):
         """The context step -> (h2_0, state of r2, state of r1), for ``copies`` episodes per image
         (rows copy-major): the context network runs once per image, its output is repeated."""

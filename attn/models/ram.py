@@ -105,6 +105,10 @@ class RAM(nn.Module):
         self.two_phase = isinstance(self.core, SequenceCore) and two_phase
         self._core_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.core.modules())
 
+    def reinforce_only(self) -> list[nn.Module]:
+        """The modules only the REINFORCE term trains: the location network f_l (mu_t)."""
+        return [self.locator]
+
     def initial_locations(self, batch: int, device, dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
         if self.initial_location == "center":
             return torch.zeros(batch, 2, device=device, dtype=dtype)

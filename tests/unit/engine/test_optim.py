@@ -108,3 +108,49 @@ def test_a_cosine_schedule_resumed_with_more_epochs_spans_the_new_length():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
     fit_schedule_to(plateau, 20)  # nothing to fit
+
+
+def _trained_by(model, spec, term: str) -> set[str]:
+    """Names of the parameters one loss term of a real episode gives a non-zero gradient."""
+    from attn.engine.objective import objective_for
+
+    torch.manual_seed(1)
+    images = torch.randn(16, 1, spec.height, spec.width)
+    objective = objective_for(spec, "all")
+    if spec.max_tokens > 1:
+        labels = torch.randint(1, spec.num_classes, (16, spec.max_tokens))
+        labels[:, -1] = spec.end_token
+    else:
+        labels = torch.randint(0, spec.num_classes, (16,))
+    model.zero_grad()
+    # reward 1 for every episode whatever it read: REINFORCE then has a gradient even where nothing is right
+    episode = model(images, **objective.slots(labels))
+    terms = objective.loss(episode, labels, 1.0)
+    loss = terms.nll + terms.baseline if term == "rest" else -(episode.log_pi * 1.0).sum()
+    loss.backward()
+    return {n for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+
+
+@pytest.mark.parametrize("name", ["ram-rnn", "dram-lstm"])
+def test_policy_lr_scale_slows_exactly_the_parameters_only_reinforce_trains(name):
+    """Which parameters only the policy's score reaches is found from real gradients (the score log pi
+    alone, then the classification and baseline losses); one SGD step with unit gradients then moves
+    exactly those by lr * policy_lr_scale and every other parameter by lr."""
+    model = _model(name)
+    spec = MODELS[name][0]
+    policy_only = _trained_by(model, spec, "policy") - _trained_by(model, spec, "rest")
+    assert any(n.startswith("locator.") for n in policy_only)
+    if name == "dram-lstm":
+        assert any(n.startswith("context.") for n in policy_only) and any(n.startswith("upper.") for n in policy_only)
+    opt = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.0,
+                                             policy_lr_scale=0.25))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        step = (before[n] - p.detach()).abs().max().item()
+        want = 0.025 if n in policy_only else 0.1
+        assert step == pytest.approx(want, rel=1e-5), (n, step, want)
+    default = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.1))
+    assert len(default.param_groups) == 2 and {g["lr"] for g in default.param_groups} == {0.1}
