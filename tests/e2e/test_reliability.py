@@ -3,6 +3,7 @@ a live tracker), a full disk under a training run."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from helpers.browser import headless_chromium
 from helpers.cli import EXPERIMENT, ray_with_cpus, run_cli
 from helpers.servers import free_port, mlflow_server
 
@@ -128,3 +130,32 @@ def test_an_mlflow_server_with_authentication_refuses_strangers_and_takes_a_run_
             for key in creds:
                 os.environ.pop(key, None)
         assert run.info.status == "FINISHED" and "test_error" in run.data.metrics and "val_error" in run.data.metrics
+
+
+def test_the_mlflow_ui_behind_authentication_opens_only_with_credentials_in_a_browser(tmp_path, monkeypatch):
+    """The cluster's MLflow UI in headless Chromium: without credentials the page stays empty (the server
+    answers 401 and asks for a login); with them (HTTP basic auth, what the browser's login dialog
+    sends) the run's page opens."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    credentials = ("attn", "s3cret-" + "7" * 20)
+    with mlflow_server(tmp_path / "server", auth=credentials) as uri, \
+            headless_chromium(tmp_path / "chromium-profile") as browser:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", credentials[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", credentials[1])
+        client = MlflowClient(tracking_uri=uri)
+        run = client.create_run(client.create_experiment("behind-auth"), run_name="the-guarded-run")
+        client.set_terminated(run.info.run_id)
+        link = f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+        browser.get(link)  # the server answers 401 and asks for a login, which nobody gives: an empty page
+        assert browser.find_element(By.TAG_NAME, "body").text.strip() == "", browser.page_source[:500]
+        assert run.info.run_name not in browser.page_source and "mlflow" not in browser.page_source.lower()
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+        browser.get(link)
+        WebDriverWait(browser, 60).until(
+            EC.visibility_of_element_located((By.XPATH, f"//*[normalize-space(text())='{run.info.run_name}']")))

@@ -8,7 +8,6 @@ One short MNIST run through `python run.py` (Ray Train, MLflow sqlite store) is 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers.browser import chromium_or_skip, headless_chromium
 from helpers.cli import EXPERIMENT, ROOT
 from helpers.servers import mlflow_server
 
@@ -156,23 +156,10 @@ def test_curves_draws_the_runs_validation_history(trained, tmp_path, monkeypatch
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no MLflow run with id or name 'no-such-run'")
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
 def test_mlflow_ui_shows_the_glimpse_picture_in_a_browser(trained, tmp_path):
     """Headless Chromium opens the MLflow UI served over the run's store, goes to the experiment, the
     run, its artifacts, and sees the glimpse grid rendered at its real size."""
-    found = _chromium()
-    if found is None:
-        if os.environ.get("ATTN_REQUIRE_CHROMIUM"):
-            pytest.fail("ATTN_REQUIRE_CHROMIUM is set but chromium or chromedriver is missing")
-        pytest.skip("no Chromium here: install Debian's chromium and chromium-driver (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+    chromium_or_skip()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -181,57 +168,48 @@ def test_mlflow_ui_shows_the_glimpse_picture_in_a_browser(trained, tmp_path):
     expected_size = Image.open(
         Path(client.download_artifacts(run.info.run_id, "glimpses/final/grid.png", str(tmp_path)))
     ).size
-    options = Options()
-    options.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    with mlflow_server(cwd) as uri:
-        browser = webdriver.Chrome(service=Service(found[1]), options=options)
-        try:
-            wait = WebDriverWait(browser, 60)
+    with mlflow_server(cwd) as uri, headless_chromium(tmp_path / "chromium-profile") as browser:
+        wait = WebDriverWait(browser, 60)
 
-            def click(xpath: str) -> None:
-                wait.until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
+        def click(xpath: str) -> None:
+            wait.until(EC.element_to_be_clickable((By.XPATH, xpath))).click()
 
-            def text(t: str) -> str:
-                return f"//*[normalize-space(text())='{t}']"
+        def text(t: str) -> str:
+            return f"//*[normalize-space(text())='{t}']"
 
-            browser.get(f"{uri}/#/experiments")
-            click(text("Model training"))  # MLflow 3 opens on its GenAI pages
-            click("//a[normalize-space(.)='mnist_ram']")
-            click(f"//a[normalize-space(.)='{run.info.run_name}']")
-            click("//*[@role='tab'][normalize-space(.)='Artifacts']")
-            for name in ("glimpses", "final", "grid.png"):
-                click(text(name))
+        browser.get(f"{uri}/#/experiments")
+        click(text("Model training"))  # MLflow 3 opens on its GenAI pages
+        click("//a[normalize-space(.)='mnist_ram']")
+        click(f"//a[normalize-space(.)='{run.info.run_name}']")
+        click("//*[@role='tab'][normalize-space(.)='Artifacts']")
+        for name in ("glimpses", "final", "grid.png"):
+            click(text(name))
 
-            def rendered(driver):
-                for img in driver.find_elements(By.TAG_NAME, "img"):
-                    size = driver.execute_script(
-                        "return arguments[0].complete ? [arguments[0].naturalWidth, arguments[0].naturalHeight] : null", img
-                    )
-                    if size and tuple(size) == expected_size:
-                        return img
-                return False
+        def rendered(driver):
+            for img in driver.find_elements(By.TAG_NAME, "img"):
+                size = driver.execute_script(
+                    "return arguments[0].complete ? [arguments[0].naturalWidth, arguments[0].naturalHeight] : null", img
+                )
+                if size and tuple(size) == expected_size:
+                    return img
+            return False
 
-            wait.until(rendered)
-            assert run.info.run_id in browser.current_url
-            shot = tmp_path / "mlflow-ui-glimpses.png"
-            browser.save_screenshot(str(shot))
-            assert Image.open(shot).size[0] >= 1000
+        wait.until(rendered)
+        assert run.info.run_id in browser.current_url
+        shot = tmp_path / "mlflow-ui-glimpses.png"
+        browser.save_screenshot(str(shot))
+        assert Image.open(shot).size[0] >= 1000
 
-            # The link the run printed (for this store: what `mlflow ui` serves) opens the run's page in
-            # the model-training views, straight away.
-            printed = [line for line in (cwd / "console.txt").read_text().splitlines() if line.startswith("MLflow UI: ")]
-            assert printed, "the run printed no MLflow UI link"
-            link = printed[-1].split()[2].replace("http://127.0.0.1:5000", uri)
-            assert link.endswith(f"/runs/{run.info.run_id}?workflowType=machine_learning"), link
-            browser.get(link)
-            wait.until(EC.visibility_of_element_located((By.XPATH, f"//*[normalize-space(text())='{run.info.run_name}']")))
-            click("//*[@role='tab'][normalize-space(.)='Artifacts']")
-            click(text("glimpses"))
-        finally:
-            browser.quit()
+        # The link the run printed (for this store: what `mlflow ui` serves) opens the run's page in
+        # the model-training views, straight away.
+        printed = [line for line in (cwd / "console.txt").read_text().splitlines() if line.startswith("MLflow UI: ")]
+        assert printed, "the run printed no MLflow UI link"
+        link = printed[-1].split()[2].replace("http://127.0.0.1:5000", uri)
+        assert link.endswith(f"/runs/{run.info.run_id}?workflowType=machine_learning"), link
+        browser.get(link)
+        wait.until(EC.visibility_of_element_located((By.XPATH, f"//*[normalize-space(text())='{run.info.run_name}']")))
+        click("//*[@role='tab'][normalize-space(.)='Artifacts']")
+        click(text("glimpses"))
 
 
 # ---------------------------------------------------------------------------------------------
