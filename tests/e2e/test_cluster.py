@@ -192,11 +192,33 @@ def ray_processes() -> list[int]:
     return marked_processes("raylet", "gcs_server")
 
 
+def foreign_ray_daemons() -> list[int]:
+    """Ray daemons on this machine that this test session did not start (a user's training, say)."""
+    mine = set(marked_pids())
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(entry.name) not in mine and \
+                    (entry / "comm").read_text().strip() in ("raylet", "gcs_server"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
     if not Path(SSHD).exists():
         if os.environ.get("ATTN_REQUIRE_SSHD"):
             pytest.fail(f"{SSHD} is missing: .ci/run installs Debian's openssh-server")
         pytest.skip("needs sshd (apt-get install openssh-server); .ci/run installs it")
+    # The cluster's node is this machine, and `ray up` / `ray down` run `ray stop` there, which stops
+    # every Ray instance of the machine: a training running beside the tests would die with it.
+    others = foreign_ray_daemons()
+    if others:
+        why = f"Ray runs on this machine outside the tests (pids {others}); ray up/down over loopback would stop it"
+        if os.environ.get("ATTN_REQUIRE_SSHD"):
+            pytest.fail(why)
+        pytest.skip(why)
     from mlflow.tracking import MlflowClient
 
     home, client_home, shared = tmp_path / "node", tmp_path / "laptop", tmp_path / "shared"
