@@ -55,14 +55,18 @@ class Objective:
     def score_batch(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """The predicted classes (B,) or tokens (B, L): the most probable in each slot, the leading
-        ``spec.unordered_slots`` sorted (a set scored in any order then matches its sorted label)."""
-        pred = log_probs.argmax(-1)
+    def canonical(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Classes (B,) as they are; tokens (B, L) with the leading ``spec.unordered_slots`` sorted, so that
+        a prediction and a label holding the same set there compare equal whatever order each reads it in."""
         u = self.spec.unordered_slots
-        if u:
-            pred = torch.cat([pred[:, :u].sort(dim=1).values, pred[:, u:]], dim=1)
-        return pred
+        if not u or tokens.dim() < 2:
+            return tokens
+        return torch.cat([tokens[:, :u].sort(dim=1).values, tokens[:, u:]], dim=1)
+
+    def predict(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """The predicted classes (B,) or tokens (B, L), :meth:`canonical`: the most probable in each
+        slot, the leading ``spec.unordered_slots`` sorted (compare them with canonical labels)."""
+        return self.canonical(log_probs.argmax(-1))
 
     def train_extras(self, total: dict[str, float], count: float) -> dict[str, float]:
         """Metrics of a training pass besides loss, accuracy and error, from its sums."""
@@ -134,7 +138,7 @@ class Sequences(Objective):
         """nll sums over label tokens; digits are the tokens other than the end token."""
         end = self.spec.end_token
         y = targets[:, : log_probs.shape[1]]
-        out = sequence_outcome(self.predict(log_probs), y, end)
+        out = sequence_outcome(self.predict(log_probs), self.canonical(y), end)
         nll = F.nll_loss(log_probs.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="sum")
         digit = out.valid & (y != end)
         parts = [out.valid.sum(), out.correct.sum(), out.token_correct.sum(), (out.token_correct & digit).sum(),
@@ -156,7 +160,9 @@ class Sequences(Objective):
         }
 
     def correct(self, pred, truth):
-        end = self.spec.end_token
+        """pred: a predicted sequence (:meth:`predict`); truth: its label as stored."""
+        end, u = self.spec.end_token, self.spec.unordered_slots
+        truth = sorted(truth[:u]) + list(truth[u:])
         n = next((i for i, t in enumerate(truth) if t == end), len(truth) - 1) + 1
         return list(pred[:n]) == list(truth[:n])
 

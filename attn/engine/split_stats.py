@@ -36,7 +36,8 @@ class SplitStats:
         self.glimpse_hist.view(-1).index_add_(
             0, y * self.width + x, torch.ones(len(x), dtype=torch.float64, device=x.device)
         )
-        self.table.add(objective_for(self.spec).predict(log_probs), targets)
+        objective = objective_for(self.spec)
+        self.table.add(objective.predict(log_probs), objective.canonical(targets))
 
     def reduce(self) -> None:
         """Sum over DDP ranks (every rank must call it)."""

@@ -129,21 +129,29 @@ def test_evaluation_canvases_are_fixed_and_training_ones_new_every_batch():
     assert not torch.equal(one, d.model_input(images, train=True, ids=ids))
 
 
-def test_a_pair_is_right_in_either_order():
+@pytest.mark.parametrize("truth", [[4, 8, 0], [8, 4, 0]], ids=["label-ascending", "label-left-to-right"])
+def test_a_pair_is_right_in_either_order_whatever_order_its_label_is_stored_in(truth):
+    """Digits 3 and 7, the label stored smaller first or in reading order (7 on the left): predictions
+    (3, 7) and (7, 3) are right, (3, 3) and a pair without its end token wrong, in the evaluation sums,
+    the per-image check of the pictures and the per-length table of the test split."""
+    from attn.engine.split_stats import SplitStats
+
     spec = DataSpec(1, 100, 100, 11, ("<end>",) + tuple("0123456789"), max_tokens=3, end_token=0, unordered_slots=2)
     objective = objective_for(spec)
-
-    def scores(pred_tokens):
-        log_probs = torch.full((len(pred_tokens), 3, 11), -9.0)
-        for i, tokens in enumerate(pred_tokens):
-            for j, t in enumerate(tokens):
-                log_probs[i, j, t] = 0.0
-        truth = torch.tensor([[4, 8, 0]] * len(pred_tokens))  # digits 3 and 7
-        return objective.score_batch(log_probs, truth)
-
-    # EVAL_SUMS: nll, tokens, correct, ...: (3, 7), (7, 3) right; (3, 3) and (7, 3) without the end wrong
-    assert scores([[4, 8, 0], [8, 4, 0], [4, 4, 0], [8, 4, 5]])[2].item() == 2.0
-    assert objective.correct(objective.predict(torch.eye(11)[[8, 4, 0]][None])[0].tolist(), [4, 8, 0])
+    preds = [[4, 8, 0], [8, 4, 0], [4, 4, 0], [8, 4, 5]]
+    log_probs = torch.full((len(preds), 3, 11), -9.0)
+    for i, tokens in enumerate(preds):
+        for j, t in enumerate(tokens):
+            log_probs[i, j, t] = 0.0
+    targets = torch.tensor([truth] * len(preds))
+    # EVAL_SUMS: nll, tokens, correct, ...
+    assert objective.score_batch(log_probs, targets)[2].item() == 2.0
+    pred = objective.predict(log_probs)
+    assert [objective.correct(p.tolist(), truth) for p in pred] == [True, True, False, False]
+    stats = SplitStats(spec, torch.device("cpu"))
+    stats.add(torch.zeros(4, 9, 2), log_probs, targets)
+    (row,) = stats.table.rows()
+    assert row["length"] == 2 and row["images"] == 4 and row["sequence_accuracy"] == 0.5
 
 
 def test_the_experiment_files_and_dram_classifying_the_sum():
