@@ -160,9 +160,10 @@ class Sequences(Objective):
         }
 
     def correct(self, pred, truth):
-        """pred: a predicted sequence (:meth:`predict`); truth: its label as stored."""
+        """pred: a predicted sequence, in the order it was read or :meth:`predict`'s; truth: its label as
+        stored. The leading ``spec.unordered_slots`` of both compare as sets."""
         end, u = self.spec.end_token, self.spec.unordered_slots
-        truth = sorted(truth[:u]) + list(truth[u:])
+        pred, truth = sorted(pred[:u]) + list(pred[u:]), sorted(truth[:u]) + list(truth[u:])
         n = next((i for i, t in enumerate(truth) if t == end), len(truth) - 1) + 1
         return list(pred[:n]) == list(truth[:n])
 

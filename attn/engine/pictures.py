@@ -128,7 +128,7 @@ def draw_episodes(
     model.train(was_training)
     H, W = inputs.shape[-2:]
     boxes = patch_boxes(episode.locations.cpu(), H, W, sizes)  # (B, T, k, 4)
-    pred = objective.predict(episode.log_probs).cpu()
+    pred = episode.log_probs.argmax(-1).cpu()  # in the order the episode read them; correct() compares sets
     slot = getattr(episode, "step_slot", None)
     out = []
     for b in range(images_u8.shape[0]):
