@@ -76,8 +76,7 @@ class MlflowTracker:
         this run: listed in the experiment's Models view, loadable as ``runs:/<run id>/model`` and
         ``models:/<model id>``. ``metrics`` (e.g. the test errors) are logged to the run at ``step``,
         linked to the model."""
-        self._spool = self._spool or tempfile.mkdtemp(prefix="attn-mlflow-spool-")
-        folder = save_model(model, config_yaml, Path(tempfile.mkdtemp(dir=self._spool)))
+        folder = save_model(model, config_yaml, self._spool_folder())
         self._submit(("model", {"folder": str(folder), "digest": folder_digest(folder), "step": step,
                                 "metrics": dict(metrics or {}), "done": []}))
 
@@ -115,11 +114,15 @@ class MlflowTracker:
         if time.time() >= self._retry_at:
             self._flush()
 
+    def _spool_folder(self) -> Path:
+        """A new empty folder in the spool (made on first use; :meth:`close` removes it)."""
+        self._spool = self._spool or tempfile.mkdtemp(prefix="attn-mlflow-spool-")
+        return Path(tempfile.mkdtemp(dir=self._spool))
+
     def _spooled(self, item: tuple[str, Any]) -> tuple[str, Any]:
         # The caller may delete its file as soon as we return: keep a copy until it is delivered.
         path, artifact_path = item[1]
-        self._spool = self._spool or tempfile.mkdtemp(prefix="attn-mlflow-spool-")
-        target = Path(tempfile.mkdtemp(dir=self._spool)) / Path(path).name
+        target = self._spool_folder() / Path(path).name
         if Path(path).is_dir():
             shutil.copytree(path, target)
         else:
