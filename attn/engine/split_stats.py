@@ -24,7 +24,8 @@ class SplitStats:
         self.spec = spec
         self.height, self.width = spec.height, spec.width
         self.glimpse_hist = torch.zeros(self.height, self.width, dtype=torch.float64, device=device)
-        self.table = objective_for(spec).table(device)
+        self.objective = objective_for(spec)
+        self.table = self.objective.table(device)
 
     @torch.no_grad()
     def add(self, locations: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -36,8 +37,7 @@ class SplitStats:
         self.glimpse_hist.view(-1).index_add_(
             0, y * self.width + x, torch.ones(len(x), dtype=torch.float64, device=x.device)
         )
-        objective = objective_for(self.spec)
-        self.table.add(objective.predict(log_probs), objective.canonical(targets))
+        self.table.add(self.objective.predict(log_probs), self.objective.canonical(targets))
 
     def reduce(self) -> None:
         """Sum over DDP ranks (every rank must call it)."""
