@@ -23,16 +23,21 @@ train: $(VENV)/.installed
 	$(PY) run.py experiments/mnist_ram.yaml
 
 PYTEST := $(PY) -m pytest -q -ra --durations=15
+# pytest-xdist: one worker per core, at most 4. End-to-end tests go to the workers a file at a time
+# (loadfile: a module's tests share the clusters and runs of its module-scoped fixtures); tests marked
+# alone (pyproject.toml says why) run after them, one at a time.
+PARALLEL := -n auto --maxprocesses 4
 
 test-fast: $(VENV)/.installed
-	$(PYTEST) tests/unit
+	$(PYTEST) $(PARALLEL) --dist load tests/unit
 
 test-e2e: $(VENV)/.installed
-	$(PYTEST) tests/e2e
+	$(PYTEST) $(PARALLEL) --dist loadfile -m "not alone" tests/e2e
+	$(PYTEST) -m alone tests/e2e
 
 # Unit first: a broken unit test stops the run before the slow tier starts.
 test: test-fast
-	$(PYTEST) tests/e2e
+	$(MAKE) --no-print-directory test-e2e
 
 bench: $(VENV)/.installed
 	$(PY) -m attn.bench ram

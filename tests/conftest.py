@@ -33,6 +33,27 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
 
 
+def _share_the_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist (``-n N``) each worker process gets cores / N torch threads, and so do the
+    processes it starts: torch's default of one thread per core in every worker would oversubscribe
+    the cores, and a torch process whose threads wait for a busy core slows down many-fold."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["OMP_NUM_THREADS"] = threads
+    os.environ["MKL_NUM_THREADS"] = threads
+    # a run.py of an e2e test still asks for ray.threads_per_worker threads: waiting ones then sleep
+    # instead of spinning on a core another worker needs
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+_share_the_cores_between_xdist_workers()
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E_DIR in Path(str(item.path)).resolve().parents:

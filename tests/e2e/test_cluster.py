@@ -39,6 +39,7 @@ def marked_processes(*needles: str) -> list[int]:
     return [pid for pid in marked_pids() if any(n in " ".join(command_line(pid)) for n in needles)]
 
 
+@pytest.mark.alone
 def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path, monkeypatch):
     """Two Ray nodes (1 CPU each) joined on loopback; two DDP workers, one per node (STRICT_SPREAD);
     checkpoints in a shared storage folder; params, curves and artifacts in an MLflow server on
@@ -206,6 +207,7 @@ def foreign_ray_daemons() -> list[int]:
     return found
 
 
+@pytest.mark.alone
 def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
     if not Path(SSHD).exists():
         if os.environ.get("ATTN_REQUIRE_SSHD"):

@@ -144,7 +144,7 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
         needles = (str(temp), f":{port}", f"--gcs-address={address}", f"--gcs_address={address}")
         mine = marked_pids_matching(*needles)
         kill_pids(mine, signal.SIGTERM)
-        deadline = time.time() + 10
+        deadline = time.time() + 3  # a worker blocked in a call may not answer SIGTERM
         while time.time() < deadline and any(alive(p) for p in mine):
             time.sleep(0.2)
         kill_pids(marked_pids_matching(*needles), signal.SIGKILL)
