@@ -70,12 +70,16 @@ def test_starts_an_mlflow_server():
 
 def test_a_session_that_leaves_a_process_behind_fails(tmp_path):
     code = '''
-import subprocess, sys
+import pathlib, subprocess, sys, time
 
 
-def test_forgets_a_process():
-    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "left-behind-by-a-test"],
-                     start_new_session=True)
+def test_forgets_a_process(tmp_path):
+    ready = tmp_path / "ready"
+    subprocess.Popen([sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(300)",
+                      "left-behind-by-a-test"], start_new_session=True)
+    deadline = time.time() + 60  # the test ends with the process running, as a forgetful test's would
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
 '''
     proc = _run_pytest(tmp_path, TESTS / "conftest.py", code)
     out = proc.stdout + proc.stderr
