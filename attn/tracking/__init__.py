@@ -10,6 +10,12 @@ MLflow itself is imported inside the functions that use it: it takes seconds to 
 commands (a bad config, ``--help``) never need it.
 """
 
+import os
+
+# MLflow draws a progress bar per artifact it downloads or copies (a model folder loaded from disk
+# too), between attn's own lines; a user who wants them sets the variable.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 from attn.tracking.model_format import MODEL_ARTIFACT, MODEL_CONFIG, MODEL_DIGEST_TAG, folder_digest
 from attn.tracking.store import (
     RunRecord,

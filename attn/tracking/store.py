@@ -431,7 +431,6 @@ def download(uri: str, dest: Path, *, run_id: Optional[str] = None, artifact_pat
     ``models:/...``) into ``dest``; returns the local path (MLflow keeps the last part of the name)."""
     from mlflow.artifacts import download_artifacts
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
     Path(dest).mkdir(parents=True, exist_ok=True)
     if artifact_uri is not None:
         # MLflow would look models up in the default store, not at uri: resolve them here
