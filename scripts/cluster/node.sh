@@ -134,8 +134,11 @@ start_head() {
     # (localhost) reach it; the security group keeps it off the internet, MLflow's basic-auth app
     # refuses requests without the cluster's credentials, and the Host check refuses other names.
     # Its own session (setsid), so that stop-mlflow ends the server and its web-server children together.
+    # No job execution: MLflow's server jobs (GenAI evaluation, trace roll-ups) serve nothing attn logs,
+    # and would start a job runner and seven Huey consumers, ~1.8 GB of memory and ~20 CPU-seconds.
     (set -a; . "$auth/server.env"; set +a
-     MLFLOW_DISABLE_TELEMETRY=true MLFLOW_AUTH_CONFIG_PATH="$auth/auth.ini" setsid mlflow server --app-name basic-auth \
+     MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_AUTH_CONFIG_PATH="$auth/auth.ini" \
+        setsid mlflow server --app-name basic-auth \
         --backend-store-uri "$store" --artifacts-destination "$ATTN_SHARED/mlartifacts" --host 0.0.0.0 --port "$port" \
         --workers 1 --allowed-hosts "$ip:$port,localhost:$port,127.0.0.1:$port" \
         > "$envdir/mlflow.log" 2>&1 < /dev/null &

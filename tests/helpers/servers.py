@@ -36,7 +36,9 @@ def mlflow_server(root: Path, port: int | None = None, auth: tuple[str, str] | N
     """A real MLflow tracking server on loopback (SQLite store, proxied artifacts); yields its URI.
     ``auth`` (user, password): MLflow's basic-auth app, with that admin user, as node.sh starts it."""
     port = port or free_port()
-    env, app = dict(os.environ), []
+    # as scripts/cluster/node.sh starts it: without MLflow's job runner and its Huey consumers, which
+    # attn does not use and which cost seconds of CPU at every start
+    env, app = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, []
     if auth is not None:
         root.mkdir(parents=True, exist_ok=True)
         ini = root / "auth.ini"
