@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,6 +21,25 @@ def _metric_batch(metrics: dict[str, Any], step: int) -> list:
 
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+
+
+# MLflow's HTTP limits for the tracker's own requests: fail fast inside MLflow (its default is 7 retries
+# with growing waits, minutes per call); the tracker does the retrying, without blocking training.
+_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+@contextmanager
+def _fail_fast_requests():
+    """:data:`_FAIL_FAST` in the environment (where MLflow reads it) while the tracker writes, for the
+    variables the user did not set; the process's environment is as it was afterwards, so other MLflow
+    clients of the process keep MLflow's own limits."""
+    added = {k: v for k, v in _FAIL_FAST.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 class MlflowTracker:
@@ -46,10 +66,6 @@ class MlflowTracker:
         log: Callable[[str], None] = print,
         epoch_key: str = "val_error",
     ):
-        # Fail fast inside MLflow (its default is 7 retries with growing waits, minutes per call);
-        # this class does the retrying, without blocking training.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         self.uri, self.run_id, self.retry_timeout_s, self._log = uri, run_id, retry_timeout_s, log
         self.epoch_key = epoch_key
         self.client = mlflow_client(uri)
@@ -130,6 +146,10 @@ class MlflowTracker:
         return ("artifact", (str(target), artifact_path))
 
     def _flush(self) -> bool:
+        with _fail_fast_requests():
+            return self._flush_pending()
+
+    def _flush_pending(self) -> bool:
         from mlflow.entities import RunTag
 
         while self._pending:

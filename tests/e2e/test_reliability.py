@@ -146,10 +146,6 @@ def test_the_mlflow_ui_behind_authentication_opens_only_with_credentials_in_a_br
             headless_chromium(tmp_path / "chromium-profile") as browser:
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", credentials[0])
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", credentials[1])
-        # MLflow's defaults, not those an MlflowTracker of an earlier test set in this process (15 s, no
-        # retry): the auth server's first requests can take longer on a loaded machine
-        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
-        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
         client = MlflowClient(tracking_uri=uri)
         run = client.create_run(client.create_experiment("behind-auth"), run_name="the-guarded-run")
         client.set_terminated(run.info.run_id)

@@ -103,3 +103,27 @@ def test_unreachable_server_at_start_is_one_line_before_any_work(tmp_path):
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: cannot reach the MLflow server at http://127.0.0.1:") and "tracking.tracking_uri" in last
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("user_timeout", [None, "7"])
+def test_the_tracker_fails_fast_inside_mlflow_without_changing_the_process_environment(monkeypatch, user_timeout):
+    """A write to a server that is not there returns at once (MLflow's own 7 retries with growing
+    waits would hold training for minutes), buffered with one warning; MLflow's limits for the
+    process's other clients, and any the user set, are as they were before."""
+    import os
+    import time
+
+    from attn.tracking import MlflowTracker
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    if user_timeout is None:
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", user_timeout)
+    lines: list[str] = []
+    tracker = MlflowTracker(f"http://127.0.0.1:{free_port()}", "0" * 32, retry_timeout_s=0, log=lines.append)
+    t0 = time.time()
+    tracker.log_metrics({"val_error": 50.0}, step=0)
+    assert time.time() - t0 < 10 and any("unreachable" in line for line in lines), lines
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == user_timeout
