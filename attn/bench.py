@@ -364,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--glimpses", type=int, nargs="+", default=[6, 12, 24], help="cores: values of T")
     p.add_argument("--canvas", type=int, nargs="+", default=[110, 186, 224], help="background: canvas sides")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's, one per core); 1 is how the experiment files' single-threaded "
+        "workers train (ray.threads_per_worker: 1)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ram, dram, background)")
     p.add_argument(
         "--versus-loop", action="store_true",
@@ -378,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
     args = p.parse_intermixed_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: --threads {args.threads}: give 1 or more threads", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"error: --device {args.device}: no CUDA GPU is visible to PyTorch here; use --device cpu", file=sys.stderr)
         return 2
@@ -398,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = bench_cores(args.batch or 128, args.steps or 10, args.repeats, args.glimpses, args.overrides)
             keys = ["core", "rollout", "glimpses", "images_per_s", "vs_prefix", "episode_ms", "layer_passes", "layers",
-                    "batch"]
+                    "batch", "threads"]
     except AttnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -27,11 +27,12 @@ def test_bench_ram_prints_table_then_json():
 def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():
     """Per training episode: two-phase T - 1 cached steps (the last location is never needed) plus
     one pass over T positions; stepwise T; the prefix re-run 1 + 2 + .. + T."""
-    proc = subprocess.run([sys.executable, "-m", "attn.bench", "cores", "--steps", "1", "--glimpses", "3", "5", *TINY],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "cores", "--steps", "1", "--glimpses", "3", "5",
+                           "--threads", "1", *TINY], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     rows = _json_rows(proc.stdout)
     assert {r["core"] for r in rows} == {"rnn", "lstm", "gpt2", "trxl", "gtrxl"}
+    assert {r["threads"] for r in rows} == {1}
     for r in rows:
         T = r["glimpses"]
         want = {"two_phase": 2 * T - 1, "stepwise": T, "prefix": T * (T + 1) // 2, "-": T}[r["rollout"]]
