@@ -340,6 +340,9 @@ def start_ray(cfg: ExperimentConfig) -> bool:
             # Ray has none, and the watcher's start-up logs a core-worker error line on every run
             runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get(
                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            # Ray's dashboard stays on although attn does not show it: Ray Train's placement-group
+            # cleaner asks its state API whether the run's controller lives, and without it removes
+            # the workers' placement group at once (the run fails in its first second)
             ray.init(runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="warning",
                      **quiet)
     return True
