@@ -262,6 +262,14 @@ class ModelBase(Section):
     policy_std: float = Field(
         0.05, gt=0.0, le=1.0, description="sigma of the Gaussian location policy, in [-1, 1] units."
     )
+    policy_std_final: Optional[float] = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="sigma at the last epoch: training epoch e of E samples with a cosine from policy_std "
+        "(e = 0) to this (e = E - 1), wide early to explore, narrow late to read precisely; the test, "
+        "`run.py eval` and loaded models sample with it. None: policy_std throughout.",
+    )
     policy_grad: Optional[Literal["detached", "top", "full"]] = Field(
         None,
         description=(

@@ -341,6 +341,12 @@ class ExperimentConfig(Section):
                 "(patch_size * scale**(num_scales-1)); keep it at most 4096"
             )
         m, d = self.model, self.data
+        if m.policy_std_final is not None and self.train.compile != "off":
+            raise ValueError(
+                f"model.policy_std_final changes sigma every epoch, and a compiled step (train.compile = "
+                f"{self.train.compile!r}) would be compiled again for each value: use train.compile=off, or "
+                "leave model.policy_std_final unset"
+            )
         if m.name == "ram" and d.sequence:
             raise ValueError(
                 f"model.name = 'ram' predicts one label; data.task = {d.task!r} has digit sequences: "

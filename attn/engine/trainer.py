@@ -36,6 +36,8 @@ from attn.engine.split_stats import SplitStats
 from attn.engine.train_state import TrainState
 from attn.engine.transfer import TransferReport, transfer_weights
 from attn.models import build_model
+from attn.models.build import evaluation_std
+from attn.models.policy import policy_std_at
 
 
 class Reporter(Protocol):
@@ -230,6 +232,7 @@ def _run_epoch(run: _Run, epoch: int) -> bool:
     cfg, tc, state, dev = run.cfg, run.cfg.train, run.state, run.info.device
     t0 = time.perf_counter()
     torch.manual_seed(_epoch_seed(tc.seed, epoch, run.info.rank))
+    _set_policy_std(run, policy_std_at(cfg.model.policy_std, cfg.model.policy_std_final, epoch, tc.epochs))
     run.loaders["train"].set_epoch(epoch)
     progress = _EpochProgress(run.log, f"epoch {epoch + 1}/{tc.epochs}", tc.batch_size * run.info.world) \
         if run.chief else None
@@ -310,12 +313,19 @@ def unused_parameters(model: nn.Module, loader: BatchLoader, data: TaskData, rl_
     return unused
 
 
+def _set_policy_std(run: _Run, sigma: float) -> None:
+    """sigma of the location policy for this epoch, in the trained model and the averaged one."""
+    run.state.model.std = sigma
+    run.state.eval_model.std = sigma
+
+
 def _final_test(run: _Run) -> tuple[dict[str, float], nn.Module, SplitStats]:
     """Test the best weights: the mean policy, one sampled episode, and M averaged sampled episodes.
     On a copy, so the last weights stay in place for the checkpoint (resuming with more epochs)."""
     state, ev, dev = run.state, run.cfg.eval, run.info.device
     best_model = copy.deepcopy(state.model)
     best_model.load_state_dict(state.best_weights)
+    best_model.std = evaluation_std(run.cfg.model)  # also after an early stop, before sigma's last epoch
     stats = SplitStats(run.data.spec, dev)
     final = {
         "epoch": state.epoch,

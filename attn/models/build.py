@@ -32,6 +32,12 @@ def build_model(cfg: ModelBase, spec: DataSpec, input_norm: tuple[float, float] 
     raise ValueError(f"unknown model {cfg.name!r}")  # pragma: no cover - the schema admits only these
 
 
+def evaluation_std(cfg: ModelBase) -> float:
+    """The sigma a built model samples with: the last epoch's (``policy_std_final``) when sigma
+    decays in training (each training epoch sets its own), else ``policy_std``."""
+    return cfg.policy_std if cfg.policy_std_final is None else cfg.policy_std_final
+
+
 def _retina(cfg: ModelBase) -> Retina:
     r = cfg.retina
     return Retina(r.patch_size, r.num_scales, r.scale, r.pad_value)
@@ -46,7 +52,7 @@ def _ram(cfg: RamConfig, spec: DataSpec):
     core = build_core(cfg.core, d, d, max_steps=cfg.num_glimpses)
     return RAM(
         retina, glimpse, core, num_classes=spec.num_classes, hidden_size=d, num_glimpses=cfg.num_glimpses,
-        policy_std=cfg.policy_std, initial_location=cfg.initial_location,
+        policy_std=evaluation_std(cfg), initial_location=cfg.initial_location,
         detach_policy_input=cfg.routing == "detached", mean_readout=cfg.readout == "mean",
         two_phase=getattr(cfg.core, "rollout", "stepwise") == "two_phase",
     )
@@ -71,7 +77,7 @@ def _dram(cfg: DramConfig, spec: DataSpec, input_norm: tuple[float, float]):
     return DRAM(
         retina, glimpse, context, lower, upper, num_classes=spec.num_classes, max_tokens=spec.max_tokens,
         hidden_size=d, explore_steps=cfg.explore_steps, glimpses_per_digit=cfg.glimpses_per_digit,
-        policy_std=cfg.policy_std, routing=cfg.routing, rgb_glimpses=rgb, query=query,
+        policy_std=evaluation_std(cfg), routing=cfg.routing, rgb_glimpses=rgb, query=query,
         classify=not spec.is_sequence,
     )
 
