@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import ROOT
-from helpers.processes import kill_marked, marked_pids
+from helpers.processes import command_line, kill_marked, marked_pids
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -65,14 +65,17 @@ def _no_leftover_processes():
     yield
     if not sys.platform.startswith("linux"):
         return
-    # ATTN_LEAK_GRACE_S: the tiers test shortens the wait in the sessions it runs to leak on purpose
-    deadline = time.time() + float(os.environ.get("ATTN_LEAK_GRACE_S", "10"))
+    # Ray's daemons can take tens of seconds to end on a loaded machine: the wait ends as soon as they
+    # have. ATTN_LEAK_GRACE_S: the tiers test shortens it in the sessions it runs to leak on purpose.
+    deadline = time.time() + float(os.environ.get("ATTN_LEAK_GRACE_S", "30"))
     while marked_pids() and time.time() < deadline:
         time.sleep(0.5)  # let Ray and servers finish their own shutdown first
+    survivors = {pid: " ".join(command_line(pid))[:300] for pid in marked_pids()}
     left = kill_marked()
     if left:
         # An error in the teardown of the session's last test: the run fails, with this message.
-        pytest.fail(f"tests left {len(left)} process(es) of this session running (now killed): {left}", pytrace=False)
+        what = "; ".join(f"{pid}: {survivors.get(pid) or '?'}" for pid in left)
+        pytest.fail(f"tests left {len(left)} process(es) of this session running (now killed): {what}", pytrace=False)
 
 
 @pytest.fixture

@@ -86,4 +86,5 @@ def test_forgets_a_process(tmp_path):
     # the test itself passed; the session failed, naming the leak, and the process is gone
     assert "PASSED test_generated.py::test_forgets_a_process" in out, out[-3000:]
     assert proc.returncode == 1 and "left 1 process(es) of this session running" in out, out[-3000:]
+    assert "left-behind-by-a-test" in out.split("session running", 1)[1], out[-3000:]  # which one, by its command
     assert not _alive_with("left-behind-by-a-test")
