@@ -47,7 +47,9 @@ CASES = {
     "ram-lstm": ("mnist_ram.yaml", RAM_SMALL + ["model.core.kind=lstm"]),
     "ram-gpt2": ("mnist_gpt2.yaml", RAM_SMALL),
     "ram-gpt2-two-phase": ("mnist_gpt2.yaml", RAM_SMALL + ["model.core.rollout=two_phase"]),
-    "ram-trxl": ("mnist_trxl.yaml", RAM_SMALL),
+    # the file's dropout off: compiled code draws other dropout masks than eager code, so the gradients
+    # could not be compared
+    "ram-trxl": ("mnist_trxl.yaml", RAM_SMALL + ["model.core.dropout=0.0"]),
     "ram-gtrxl": ("mnist_gtrxl.yaml", RAM_SMALL),
     "dram-lstm": ("svhn_dram.yaml", "lstm"),
     "dram-gtrxl": ("svhn_dram.yaml", "gtrxl"),
