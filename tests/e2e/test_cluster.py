@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, join_node, running_ray_head, steps
-from helpers.processes import MARKER, command_line, marked_pids
+from helpers.processes import MARKER, alive, command_line, marked_pids
 from helpers.servers import free_port, mlflow_server
 
 
@@ -194,13 +194,16 @@ def ray_processes() -> list[int]:
 
 
 def foreign_ray_daemons() -> list[int]:
-    """Ray daemons on this machine that this test session did not start (a user's training, say)."""
+    """Ray daemons on this machine that this test session did not start (a user's training, say). One
+    that is ending is not counted: its environment, where the session's marker is, reads empty once it
+    has let go of its memory (the two-node test's daemons, just stopped, were taken for a stranger's)."""
     mine = set(marked_pids())
     found = []
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and int(entry.name) not in mine and \
-                    (entry / "comm").read_text().strip() in ("raylet", "gcs_server"):
+                    (entry / "comm").read_text().strip() in ("raylet", "gcs_server") and \
+                    alive(int(entry.name)) and (entry / "environ").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue
