@@ -130,6 +130,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _log = _Lines(loop_config.get("prefix", ""))
     tracker: Any = NullTracker()
     ml = loop_config.get("mlflow")
+    if ml:
+        from attn.tracking import fail_fast_in_this_process
+
+        fail_fast_in_this_process()  # this process is attn's: its MLflow clients never block training
     if rank == 0 and ml:
         from attn.tracking import MlflowTracker
 

@@ -1,8 +1,9 @@
 """Location policy pi(l_t | h_t), baseline b_t and classifier heads of RAM.
 
 - Emission net: mu_t = tanh(Linear(ReLU(Linear(h_t -> d/2)) -> 2)), policy N(mu_t, sigma^2 I) with a
-  sigma that is no parameter (``policy_std``; training may lower it epoch by epoch: :func:`policy_std_at`). The sampled location is detached: the classification loss never
-  reaches mu through the sensor; only REINFORCE, through log pi, trains the emission net.
+  sigma that is no parameter (``policy_std``; training may lower it epoch by epoch:
+  :func:`policy_std_at`). The sampled location is detached: the classification loss never reaches mu
+  through the sensor; only REINFORCE, through log pi, trains the emission net.
 - Baseline: b_t = Linear(h_t -> 1), no output nonlinearity, reading a detached state.
 - Classifier: log_softmax(Linear(h_T -> classes)).
 """

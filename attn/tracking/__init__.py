@@ -41,12 +41,13 @@ from attn.tracking.store import (
     start_run,
     ui_link,
 )
-from attn.tracking.writer import MlflowTracker
+from attn.tracking.writer import MlflowTracker, fail_fast_in_this_process
 
 __all__ = [
     "MODEL_ARTIFACT", "MODEL_CONFIG", "MODEL_DIGEST_TAG", "MlflowTracker", "RunRecord", "artifact_listing",
     "check_reachable", "child_runs", "default_artifact_location", "download", "end_killed", "end_run",
-    "ensure_experiment", "folder_digest", "get_run", "git_commit", "log_artifact", "log_metric", "model_run",
+    "ensure_experiment", "fail_fast_in_this_process", "folder_digest", "get_run", "git_commit", "log_artifact",
+    "log_metric", "model_run",
     "newest_finished_run", "open_store", "reopen_run", "resolve_tracking_uri", "run_history", "set_tags", "start_run",
     "ui_link",
 ]

@@ -42,6 +42,14 @@ def _fail_fast_requests():
             os.environ.pop(key, None)
 
 
+def fail_fast_in_this_process() -> None:
+    """:data:`_FAIL_FAST` for every MLflow client of the calling process (values the user set are
+    kept): for a training worker, where MLflow's system-metrics thread writes beside the tracker and
+    would otherwise hold the run's end for minutes of retries while the server is away."""
+    for key, value in _FAIL_FAST.items():
+        os.environ.setdefault(key, value)
+
+
 class MlflowTracker:
     """Logs into an existing MLflow run by id (used on rank 0 of the workers).
 

@@ -127,3 +127,18 @@ def test_the_tracker_fails_fast_inside_mlflow_without_changing_the_process_envir
     assert time.time() - t0 < 10 and any("unreachable" in line for line in lines), lines
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == user_timeout
+
+
+def test_a_training_worker_sets_the_fail_fast_limits_for_its_whole_process(monkeypatch):
+    """In a worker (attn's own process) MLflow's system-metrics thread writes beside the tracker: the
+    limits hold for every client there; a value the user set wins."""
+    import os
+
+    from attn.tracking import fail_fast_in_this_process
+
+    # set, then removed, so that monkeypatch puts the variable back as it was (absent) after the test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "40")
+    fail_fast_in_this_process()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "40"
