@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import ROOT
-from helpers.processes import command_line, kill_marked, marked_pids
+from helpers.processes import command_line, kill_pids, marked_pids
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -70,11 +70,11 @@ def _no_leftover_processes():
     deadline = time.time() + float(os.environ.get("ATTN_LEAK_GRACE_S", "30"))
     while marked_pids() and time.time() < deadline:
         time.sleep(0.5)  # let Ray and servers finish their own shutdown first
-    survivors = {pid: " ".join(command_line(pid))[:300] for pid in marked_pids()}
-    left = kill_marked()
+    left = marked_pids()
+    what = "; ".join(f"{pid}: {' '.join(command_line(pid))[:300] or '?'}" for pid in left)  # named before killed
+    kill_pids(left)
     if left:
         # An error in the teardown of the session's last test: the run fails, with this message.
-        what = "; ".join(f"{pid}: {survivors.get(pid) or '?'}" for pid in left)
         pytest.fail(f"tests left {len(left)} process(es) of this session running (now killed): {what}", pytrace=False)
 
 

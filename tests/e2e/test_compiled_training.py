@@ -16,26 +16,16 @@ from torch._dynamo.utils import counters
 from attn.config import load_config
 from attn.engine.trainer import NullTracker, WorkerInfo, fit
 from helpers.cli import ROOT
+from helpers.reporters import FolderReporter
 
 # 2000 images in batches of 64: the last batch (16) is filled up to 64
 SMALL = ["data.train_subset=2000", "data.eval_subset=200", "train.batch_size=64", "eval.mc_samples=2",
          "model.hidden_size=64", "eval.viz_images=0", "train.lr=3e-3", "train.epochs=6", "train.patience=6"]
 
 
-class Reports:
-    def __init__(self):
-        self.reports = []
-
-    def latest_checkpoint(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir):
-        self.reports.append(dict(metrics))
-
-
 def _fit(mode: str) -> tuple[list[dict], dict, list[str]]:
     cfg = load_config(ROOT / "experiments" / "mnist_ram.yaml", SMALL + [f"train.compile={mode}"])
-    reporter, lines = Reports(), []
+    reporter, lines = FolderReporter(), []
     torch._dynamo.reset()
     counters.clear()
     final = fit(cfg, WorkerInfo(), reporter, NullTracker(), log=lines.append)

@@ -81,12 +81,6 @@ def kill_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
 
 
-def kill_marked(sig: int = signal.SIGKILL) -> list[int]:
-    pids = marked_pids()
-    kill_pids(pids, sig)
-    return pids
-
-
 def is_ray_or_mlflow_server(argv: list[str]) -> str | None:
     """What a command line is, when it is a Ray head or node daemon or an MLflow tracking server:
     'gcs_server', 'raylet' or 'mlflow server'; else None."""

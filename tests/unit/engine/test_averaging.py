@@ -4,7 +4,6 @@ the average, checkpoints it, and resumed from a checkpoint ends where an uninter
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from attn.engine.averaging import WeightAverage
 from attn.engine.checkpoint import load_checkpoint
 from attn.engine.trainer import NullTracker, WorkerInfo, fit
 from helpers.cli import ROOT
+from helpers.reporters import FolderReporter
 
 
 class Small(nn.Module):
@@ -49,20 +49,6 @@ def test_the_average_follows_the_formula_with_its_warm_up():
 
 SMALL = ["data.train_subset=256", "data.eval_subset=128", "train.batch_size=64", "eval.mc_samples=2",
          "model.hidden_size=32", "eval.viz_images=0", "train.scheduler=plateau", "train.ema_decay=0.95"]
-
-
-class FolderReporter:
-    def __init__(self, root: Path, resume_from: Path | None = None):
-        self.root, self.resume_from, self.saved = root, resume_from, []
-
-    def latest_checkpoint(self):
-        return None if self.resume_from is None else str(self.resume_from)
-
-    def report(self, metrics, checkpoint_dir):
-        if checkpoint_dir is not None:
-            dest = self.root / f"checkpoint_{len(self.saved):03d}"
-            shutil.copytree(checkpoint_dir, dest)
-            self.saved.append(dest)
 
 
 def _fit(epochs: int, reporter: FolderReporter):

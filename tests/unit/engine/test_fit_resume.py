@@ -3,7 +3,6 @@ fit() ends: the same weights, best epoch, per-epoch curves and test numbers (Tra
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -11,29 +10,13 @@ import torch
 from attn.config import load_config
 from attn.engine.checkpoint import load_checkpoint
 from attn.engine.trainer import NullTracker, WorkerInfo, fit
+from helpers.reporters import FolderReporter
 
 ROOT = Path(__file__).resolve().parents[3]
 # plateau: its learning rates do not depend on train.epochs, so a 2-epoch fit continued to 3 epochs
 # is the same run as a 3-epoch fit cut after 2 (a cosine schedule spans train.epochs)
 SMALL = ["data.train_subset=256", "data.eval_subset=128", "train.batch_size=64", "eval.mc_samples=2",
          "model.hidden_size=32", "eval.viz_images=0", "train.scheduler=plateau"]
-
-
-class FolderReporter:
-    """Keeps every checkpoint rank 0 reports in its own folder, as Ray Train does."""
-
-    def __init__(self, root: Path, resume_from: Path | None = None):
-        self.root, self.resume_from, self.saved, self.reports = root, resume_from, [], []
-
-    def latest_checkpoint(self):
-        return None if self.resume_from is None else str(self.resume_from)
-
-    def report(self, metrics, checkpoint_dir):
-        self.reports.append(dict(metrics))
-        if checkpoint_dir is not None:
-            dest = self.root / f"checkpoint_{len(self.saved):03d}"
-            shutil.copytree(checkpoint_dir, dest)
-            self.saved.append(dest)
 
 
 def _fit(epochs: int, reporter: FolderReporter, lines: list[str]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from helpers.cli import ROOT, run_cli
+from helpers.reporters import FolderReporter
 from helpers.svhn_fixture import make_svhn_folder
 
 
@@ -50,16 +51,7 @@ def test_shipped_experiments_run_one_epoch_with_every_transformer_core(tmp_path,
         overrides.append("model.core.inner_size=32")
     cfg = load_config(ROOT / "experiments" / f"{experiment}.yaml", overrides)
 
-    class Reporter:
-        reports: list = []
-
-        def latest_checkpoint(self):
-            return None
-
-        def report(self, metrics, checkpoint_dir):
-            self.reports.append(metrics)
-
-    reporter, lines = Reporter(), []
+    reporter, lines = FolderReporter(), []
     final = fit(cfg, WorkerInfo(), reporter, NullTracker(), log=lines.append)
     assert cfg.model.core.kind == core and f"dram/{core} on svhn" in lines[0]
     assert 0.0 <= final["test_error_mc"] <= 100.0 and 0.0 <= final["test_digit_accuracy"] <= 1.0

@@ -15,6 +15,7 @@ from attn.engine.trainer import NullTracker, WorkerInfo, fit
 from attn.errors import ConfigError
 from attn.models import build_model
 from attn.models.policy import policy_std_at
+from helpers.reporters import FolderReporter
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = ["data.train_subset=256", "data.eval_subset=128", "train.batch_size=64", "eval.mc_samples=2",
@@ -45,7 +46,7 @@ def test_each_epoch_samples_with_its_sigma_and_the_test_with_the_final_one(monke
 
     monkeypatch.setattr(ram_module, "gaussian_log_prob", spy)
     lines: list[str] = []
-    fit(cfg, WorkerInfo(), _Reporter(), NullTracker(), log=lines.append)
+    fit(cfg, WorkerInfo(), FolderReporter(), NullTracker(), log=lines.append)
     training = [std for grad, std in seen if grad]
     per_epoch = len(training) // 3  # 256 images, batch 64: the same number of steps every epoch
     assert [set(training[e * per_epoch:(e + 1) * per_epoch]) for e in range(3)] == [{0.2}, {0.125}, {0.05}]
@@ -57,11 +58,3 @@ def test_each_epoch_samples_with_its_sigma_and_the_test_with_the_final_one(monke
 def test_a_decaying_sigma_is_refused_with_a_compiled_step():
     with pytest.raises(ConfigError, match="model.policy_std_final changes sigma every epoch.*train.compile=off"):
         load_config(ROOT / "experiments" / "mnist_ram.yaml", ["model.policy_std_final=0.05", "train.compile=default"])
-
-
-class _Reporter:
-    def latest_checkpoint(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir):
-        pass
