@@ -19,8 +19,10 @@ def train(args: argparse.Namespace) -> int:
         config_file=args.experiment, resume=resume, resume_name=args.resume or None,
         overrides=args.overrides if resume else None,
     )
-    # On --resume the stored config is the base and the overrides are applied to it (the lifecycle's job).
-    cfg = load_config(args.experiment, [] if resume else args.overrides)
+    # The overrides take part in finding the run to resume (tracking.experiment_name and ray.storage_path
+    # name its folder); the resumed run's config is its stored one with the overrides on top (the
+    # lifecycle's job).
+    cfg = load_config(args.experiment, args.overrides)
     if cfg.sweep is not None:
         from attn.distributed.sweep import run_sweep
 
