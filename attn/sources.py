@@ -108,27 +108,29 @@ def _check_logged_by_attn(local: Path, uri: str, tracking_uri: str) -> str:
 
 
 def _from_model_uri(uri: str, tracking_uri: str) -> TrainedWeights:
-    try:
-        local = download(tracking_uri, Path(tempfile.mkdtemp(prefix="attn-model-")), artifact_uri=uri)
-    except Exception as exc:  # noqa: BLE001
-        raise TrackingError(f"cannot fetch the MLflow model {uri} from {tracking_uri} ({_first_line(exc)})") from None
-    run_id = _check_logged_by_attn(local, uri, tracking_uri)
-    weights = _from_mlflow_model_dir(local, uri)
+    # The download only lives until the weights are in memory.
+    with tempfile.TemporaryDirectory(prefix="attn-model-") as tmp:
+        try:
+            local = download(tracking_uri, Path(tmp), artifact_uri=uri)
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingError(f"cannot fetch the MLflow model {uri} from {tracking_uri} ({_first_line(exc)})") from None
+        run_id = _check_logged_by_attn(local, uri, tracking_uri)
+        weights = _from_mlflow_model_dir(local, uri)
     weights.run_id = run_id
     return weights
 
 
 def _from_run(run_id: str, tracking_uri: str, label: str) -> TrainedWeights:
     run = get_run(tracking_uri, run_id, hint="give a run id from the MLflow UI, or a checkpoint path")
-    tmp = Path(tempfile.mkdtemp(prefix="attn-run-"))
-    try:
-        for name in (BEST_FILE, CONFIG_FILE):
-            download(tracking_uri, tmp, run_id=run_id, artifact_path=f"checkpoint/{name}")
-    except Exception as exc:  # noqa: BLE001
-        raise TrackingError(
-            f"MLflow run {run_id} has no checkpoint/{BEST_FILE} and {CONFIG_FILE} (did it finish?): {_first_line(exc)}"
-        ) from None
-    weights = _from_folder(tmp, label)
+    with tempfile.TemporaryDirectory(prefix="attn-run-") as tmp:
+        try:
+            for name in (BEST_FILE, CONFIG_FILE):
+                download(tracking_uri, Path(tmp), run_id=run_id, artifact_path=f"checkpoint/{name}")
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingError(
+                f"MLflow run {run_id} has no checkpoint/{BEST_FILE} and {CONFIG_FILE} (did it finish?): {_first_line(exc)}"
+            ) from None
+        weights = _from_folder(Path(tmp), label)
     weights.run_id, weights.experiment_id = run_id, run.experiment_id
     return weights
 

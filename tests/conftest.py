@@ -1,8 +1,9 @@
 """Test-session settings, the tiers, and the guarantee that no test leaves a process behind.
 
 Every process started during the session (Ray's GCS, raylets and workers included, however deep)
-inherits ATTN_TEST_SESSION (helpers/processes.py); at the end of the session any survivor carrying it
-is killed, and the session fails.
+inherits ATTN_TEST_SESSION, and every Ray it starts keeps its files in the session's folder
+(helpers/processes.py); at the end of the session any survivor carrying the mark or using the folder is
+killed, and the session fails.
 
 Tiers: tests/unit (`make test-fast`: no Ray, no MLflow server) and tests/e2e (real Ray clusters,
 MLflow servers, `python run.py` trainings), every test under tests/e2e marked ``e2e``.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import ROOT
-from helpers.processes import command_line, kill_pids, marked_pids
+from helpers.processes import command_line, kill_pids, session_pids
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -68,9 +69,9 @@ def _no_leftover_processes():
     # Ray's daemons can take tens of seconds to end on a loaded machine: the wait ends as soon as they
     # have. ATTN_LEAK_GRACE_S: the tiers test shortens it in the sessions it runs to leak on purpose.
     deadline = time.time() + float(os.environ.get("ATTN_LEAK_GRACE_S", "30"))
-    while marked_pids() and time.time() < deadline:
+    while session_pids() and time.time() < deadline:
         time.sleep(0.5)  # let Ray and servers finish their own shutdown first
-    left = marked_pids()
+    left = session_pids()
     what = "; ".join(f"{pid}: {' '.join(command_line(pid))[:300] or '?'}" for pid in left)  # named before killed
     kill_pids(left)
     if left:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import torch
 import yaml
 
 from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, join_node, running_ray_head, steps
-from helpers.processes import MARKER, alive, command_line, marked_pids
+from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, with_descendants
 from helpers.servers import free_port, mlflow_server
 
 
@@ -81,7 +80,7 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
                 workers = marked_processes("RayTrainWorker")
                 assert len(workers) == 2, workers
                 (raylet,) = marked_processes(f"--node_manager_port={spot_port}")
-                os.kill(raylet, signal.SIGKILL)
+                kill_pids(with_descendants([raylet]))  # the node vanishes: its raylet, agents and workers
                 join_node(address, 1)  # the replacement node
                 time.sleep(3)
                 server = mlflow_server(tmp_path / "mlflow", port=port)

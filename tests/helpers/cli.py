@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.processes import alive, kill_pids, marked_pids_matching
+from helpers.processes import SESSION_DIR, alive, kill_pids, marked_pids_matching
 from helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
     Teardown stops this cluster's processes only: those whose command line names its temp folder or
     its GCS port (its GCS, raylets, workers, dashboard and log monitors), not the rest of the session."""
     port = free_port()
-    temp = Path("/tmp") / f"ray-head-{port}"
+    temp = SESSION_DIR / f"h{port}"
     address = f"127.0.0.1:{port}"
     try:
         start = subprocess.run(

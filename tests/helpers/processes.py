@@ -1,29 +1,70 @@
 """This test session's processes: every process the session starts (Ray's GCS, raylets and workers
 included, however deep) inherits ATTN_TEST_SESSION=MARKER, so they can be found in /proc, told apart
-from processes of anything else on the machine, and stopped."""
+from processes of anything else on the machine, and stopped.
+
+A process that renames itself can lose that mark: Ray's agents (``ray::DashboardAgent``,
+``ray::RuntimeEnvAgent``) write their title over the memory that /proc/PID/environ shows. Every Ray
+the session starts therefore keeps its files in the session's own folder (RAY_TMPDIR=SESSION_DIR), and
+a process with a file open there, or its working folder there, is the session's too."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from pathlib import Path
 
 MARKER = f"attn-tests-{uuid.uuid4().hex}"
 os.environ["ATTN_TEST_SESSION"] = MARKER  # a fresh one per session, also in a pytest run by a test
+# Short: Ray's sockets live three folders below it, and a Unix socket path holds at most 107 bytes.
+SESSION_DIR = Path(tempfile.gettempdir()) / f"attn-{MARKER[-12:]}"
+SESSION_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["RAY_TMPDIR"] = str(SESSION_DIR)
+_CREATOR = os.getpid()
+
+
+@atexit.register
+def _remove_session_dir() -> None:
+    if os.getpid() == _CREATOR:  # not in a forked child that exits through Python
+        shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+def _pids() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid()]
+
+
+def _uses_session_dir(pid: int) -> bool:
+    """The process has a file open in SESSION_DIR, or works there."""
+    inside = str(SESSION_DIR) + os.sep
+    try:
+        entries = [Path(f"/proc/{pid}/cwd"), *Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:  # gone, or not ours to read
+        return False
+    for entry in entries:
+        with contextlib.suppress(OSError):  # a file closed meanwhile
+            if os.readlink(entry).startswith(inside):
+                return True
+    return False
+
+
+def session_pids() -> list[int]:
+    """Every running process of this session: marked ones and those using SESSION_DIR."""
+    marked = set(marked_pids())
+    return sorted(p for p in _pids() if (p in marked or _uses_session_dir(p)) and alive(p))
 
 
 def marked_pids() -> list[int]:
     """Processes (other than this one) whose environment carries this session's marker."""
     pids = []
     needle = f"ATTN_TEST_SESSION={MARKER}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in _pids():
         try:
-            if needle in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
+            if needle in Path(f"/proc/{pid}/environ").read_bytes():
+                pids.append(pid)
         except OSError:
             continue
     return pids
@@ -63,12 +104,13 @@ def marked_pids_matching(*needles: str) -> list[int]:
 
 
 def with_descendants(pids: list[int]) -> list[int]:
-    """``pids`` and every marked process descending from one of them."""
-    found, marked = set(pids), marked_pids()
+    """``pids`` and every process descending from one of them (marked or not: a raylet's agents lose
+    the mark, and would outlive a raylet killed without them)."""
+    found, everyone = set(pids), _pids()
     grew = True
     while grew:
         grew = False
-        for p in marked:
+        for p in everyone:
             if p not in found and parent_pid(p) in found:
                 found.add(p)
                 grew = True

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import tempfile
 
 import pytest
 import torch
 
 from attn.config import dump_config, load_config
 from attn.data.base import DataSpec
+from attn.engine.checkpoint import BEST_FILE, CONFIG_FILE
 from attn.errors import CheckpointError
 from attn.models import build_model
 from attn.sources import load_source
@@ -124,3 +126,22 @@ def test_a_model_folder_on_disk_loads_with_a_note_that_it_unpickles(store, tmp_p
     assert all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
     note = capsys.readouterr().err.strip()
     assert note.startswith(f"note: {tmp_path / 'copy'} is an MLflow model folder on disk; loading it unpickles it")
+
+
+def test_weights_fetched_from_the_store_leave_no_download_behind(store, tmp_path, monkeypatch):
+    """By model URI and by run id (its checkpoint/best_model.pt, as a finished run logs it): the
+    downloaded files are gone once the weights are in memory (each eval used to leave a folder in
+    the temp folder)."""
+    uri, client, _, run_id, model, cfg = store
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    torch.save(model.state_dict(), ckpt / BEST_FILE)
+    (ckpt / CONFIG_FILE).write_text(dump_config(cfg))
+    client.log_artifacts(run_id, str(ckpt), "checkpoint")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for source in (f"runs:/{run_id}/model", run_id):
+        weights = load_source(source, uri)
+        assert weights.run_id == run_id and all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
+        assert [p.name for p in scratch.iterdir() if p.name.startswith("attn-")] == [], source

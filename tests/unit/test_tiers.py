@@ -69,22 +69,34 @@ def test_starts_an_mlflow_server():
 
 
 def test_a_session_that_leaves_a_process_behind_fails(tmp_path):
+    # Two forgotten processes: one carrying the session's mark, one without it (as a Ray agent whose
+    # title overwrote its environment) that keeps a file open in the session's Ray folder.
     code = '''
-import pathlib, subprocess, sys, time
+import os, pathlib, subprocess, sys, time
 
 
-def test_forgets_a_process(tmp_path):
-    ready = tmp_path / "ready"
+def _forget(ready, name, **how):
     subprocess.Popen([sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(300)",
-                      "left-behind-by-a-test"], start_new_session=True)
+                      name], start_new_session=True, **how)
     deadline = time.time() + 60  # the test ends with the process running, as a forgetful test's would
     while not ready.exists() and time.time() < deadline:
         time.sleep(0.05)
+
+
+def test_forgets_a_process(tmp_path):
+    _forget(tmp_path / "ready", "left-behind-by-a-test")
+
+
+def test_forgets_an_unmarked_process_using_the_ray_folder(tmp_path):
+    log = open(pathlib.Path(os.environ["RAY_TMPDIR"]) / "agent.log", "w")
+    _forget(tmp_path / "ready", "unmarked-agent", env={}, stdout=log)
 '''
     proc = _run_pytest(tmp_path, TESTS / "conftest.py", code)
     out = proc.stdout + proc.stderr
-    # the test itself passed; the session failed, naming the leak, and the process is gone
+    # the tests themselves passed; the session failed, naming both leaks, and the processes are gone
     assert "PASSED test_generated.py::test_forgets_a_process" in out, out[-3000:]
-    assert proc.returncode == 1 and "left 1 process(es) of this session running" in out, out[-3000:]
-    assert "left-behind-by-a-test" in out.split("session running", 1)[1], out[-3000:]  # which one, by its command
-    assert not _alive_with("left-behind-by-a-test")
+    assert "PASSED test_generated.py::test_forgets_an_unmarked_process_using_the_ray_folder" in out, out[-3000:]
+    assert proc.returncode == 1 and "left 2 process(es) of this session running" in out, out[-3000:]
+    named = out.split("session running", 1)[1]
+    assert "left-behind-by-a-test" in named and "unmarked-agent" in named, out[-3000:]  # which ones, by command
+    assert not _alive_with("left-behind-by-a-test") and not _alive_with("unmarked-agent")
