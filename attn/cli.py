@@ -121,7 +121,9 @@ def _curves_parser(sub) -> None:
     p.add_argument("--title", default="", help="the picture's title")
     p.add_argument("--target", type=float, default=None, metavar="ERROR",
                    help="also print when each run's validation error first reached this value (%%)")
-    _tracking_uri_option(p, "where the runs are")
+    p.add_argument("--tracking-uri", action="append", default=None,
+                   help="where the runs are: an MLflow server URL or a store, once for all runs or once per run "
+                        "in order (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
 def _prepare_parser(sub) -> None:

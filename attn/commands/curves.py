@@ -15,10 +15,14 @@ from attn.viz import curve_points, learning_curves
 def curves(args: argparse.Namespace) -> int:
     if args.label is not None and len(args.label) != len(args.runs):
         raise ConfigError(f"--label given {len(args.label)} times for {len(args.runs)} runs; give one per run or none")
-    uri = checked_store(args.tracking_uri, must_exist=True)
+    stores = args.tracking_uri or [None]
+    if len(stores) not in (1, len(args.runs)):
+        raise ConfigError(f"--tracking-uri given {len(stores)} times for {len(args.runs)} runs; give it once for "
+                          "all runs or once per run")
+    uris = {uri: checked_store(uri, must_exist=True) for uri in stores}
     series = {}
     for i, ref in enumerate(args.runs):
-        name, rows = run_history(uri, ref)
+        name, rows = run_history(uris[stores[i if len(stores) > 1 else 0]], ref)
         series[args.label[i] if args.label else name] = rows
     path = learning_curves(series, Path(args.to), title=args.title)
     for label, rows in series.items():

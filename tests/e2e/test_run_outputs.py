@@ -8,6 +8,7 @@ One short MNIST run through `python run.py` (Ray Train, MLflow sqlite store) is 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,16 @@ def test_curves_draws_the_runs_validation_history(trained, tmp_path, monkeypatch
     minutes = sum(r["epoch_time_s"] for r in rows[:first]) / 60
     assert f"by name: {EPOCHS} epochs, best val_error {min(want):.2f}%; <= {target:g}% first at epoch {first}, " \
         f"{minutes:.1f} min of training" in capsys.readouterr().out
+    # runs of two stores on one picture: a --tracking-uri per run
+    other = tmp_path / "other.db"
+    shutil.copy(cwd / "mlflow.db", other)
+    assert main(["curves", run.info.run_id, run.info.run_name, "--label", "here", "--label", "there",
+                 "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}", "--tracking-uri", f"sqlite:///{other}",
+                 "--to", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"here: {EPOCHS} epochs" in printed and f"there: {EPOCHS} epochs" in printed, printed
+    assert main(["curves", run.info.run_id, "--tracking-uri", "sqlite:///a.db", "--tracking-uri", "sqlite:///b.db",
+                 "--to", str(out)]) == 2
     assert main(["curves", run.info.run_id, "--label", "a", "--label", "b", "--to", str(out)]) == 2
     assert main(["curves", "no-such-run", "--to", str(out)]) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no MLflow run with id or name 'no-such-run'")
