@@ -68,10 +68,12 @@ def _command(sub, name: str, description: str, **kw) -> argparse.ArgumentParser:
     return p
 
 
-def _tracking_uri_option(p: argparse.ArgumentParser, what: str) -> None:
+def _tracking_uri_option(p: argparse.ArgumentParser, what: str, per_run: bool = False) -> None:
+    """``per_run``: the option may be given once per run (a list, or None when not given)."""
     p.add_argument(
-        "--tracking-uri", default=None,
-        help=f"{what}: an MLflow server URL or a store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
+        "--tracking-uri", default=None, action="append" if per_run else "store",
+        help=f"{what}: an MLflow server URL or a store{', once for all runs or once per run in order' if per_run else ''} "
+             "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
     )
 
 
@@ -121,9 +123,7 @@ def _curves_parser(sub) -> None:
     p.add_argument("--title", default="", help="the picture's title")
     p.add_argument("--target", type=float, default=None, metavar="ERROR",
                    help="also print when each run's validation error first reached this value (%%)")
-    p.add_argument("--tracking-uri", action="append", default=None,
-                   help="where the runs are: an MLflow server URL or a store, once for all runs or once per run "
-                        "in order (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    _tracking_uri_option(p, "where the runs are", per_run=True)
 
 
 def _prepare_parser(sub) -> None:

@@ -19,10 +19,11 @@ def curves(args: argparse.Namespace) -> int:
     if len(stores) not in (1, len(args.runs)):
         raise ConfigError(f"--tracking-uri given {len(stores)} times for {len(args.runs)} runs; give it once for "
                           "all runs or once per run")
-    uris = {uri: checked_store(uri, must_exist=True) for uri in stores}
+    checked = {uri: checked_store(uri, must_exist=True) for uri in stores}
+    per_run = stores if len(stores) == len(args.runs) else stores * len(args.runs)
     series = {}
-    for i, ref in enumerate(args.runs):
-        name, rows = run_history(uris[stores[i if len(stores) > 1 else 0]], ref)
+    for i, (ref, uri) in enumerate(zip(args.runs, per_run)):
+        name, rows = run_history(checked[uri], ref)
         series[args.label[i] if args.label else name] = rows
     path = learning_curves(series, Path(args.to), title=args.title)
     for label, rows in series.items():

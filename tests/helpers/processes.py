@@ -106,12 +106,12 @@ def marked_pids_matching(*needles: str) -> list[int]:
 def with_descendants(pids: list[int]) -> list[int]:
     """``pids`` and every process descending from one of them (marked or not: a raylet's agents lose
     the mark, and would outlive a raylet killed without them)."""
-    found, everyone = set(pids), _pids()
+    found, parents = set(pids), {p: parent_pid(p) for p in _pids()}  # one read of /proc
     grew = True
     while grew:
         grew = False
-        for p in everyone:
-            if p not in found and parent_pid(p) in found:
+        for p, parent in parents.items():
+            if p not in found and parent in found:
                 found.add(p)
                 grew = True
     return sorted(found)

@@ -8,7 +8,6 @@ nothing but our own error may come out.
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import struct
 from pathlib import Path
@@ -25,6 +24,7 @@ from attn.data.idx import read_idx
 from attn.data.svhn import read_digit_struct
 from attn.errors import ConfigError, DataError
 from helpers.cli import ROOT
+from helpers.run_folders import write_run_folder
 from helpers.svhn_fixture import make_svhn_dataset, matlab_header, write_digit_struct
 
 EXPERIMENT = ROOT / "experiments" / "mnist_ram.yaml"
@@ -155,20 +155,12 @@ def _svhn_bad_cache(t: Path):
 
 def _run_with_checkpoint(t: Path, damage: str):
     """A run folder with one checkpoint (written directly, as the worker does), then --resume."""
-    from attn.config import dump_config, load_config
-    from attn.distributed.lifecycle import RUN_FILE
-    from attn.engine.checkpoint import STATE_FILE, save_checkpoint
+    from attn.config import load_config
 
     overrides = [f"ray.storage_path={t / 'runs'}", f"tracking.tracking_uri=sqlite:///{t / 'm.db'}"]
-    cfg = load_config(EXPERIMENT, overrides)
-    run_dir = t / "runs" / "mnist_ram" / "r1"
     saved_cfg = load_config(EXPERIMENT, overrides + (["model.hidden_size=64"] if damage == "config" else []))
-    ckpt = save_checkpoint(run_dir / "checkpoint_2026-01-01_00-00-00.000000", {"model": {}, "epoch": 0},
-                           {"w": torch.ones(1)}, dump_config(cfg))
-    (run_dir / RUN_FILE).write_text(json.dumps({"run_name": "r1", "mlflow_run_id": "0" * 32,
-                                                "tracking_uri": f"sqlite:///{t / 'm.db'}", "config": saved_cfg.to_dict()}))
-    if damage == "garbage":
-        (ckpt / STATE_FILE).write_bytes(b"\x00garbage")
+    write_run_folder(t / "runs" / "mnist_ram" / "r1", load_config(EXPERIMENT, overrides), saved_cfg,
+                     garbage_state=damage == "garbage")
     return [str(EXPERIMENT), "--resume", "r1"]  # the run lives in ./runs (the test's folder)
 
 

@@ -4,31 +4,23 @@ there, not in the folder of the experiment file's name (where it would continue 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-
 from attn.cli import main
-from attn.config import dump_config, load_config
-from attn.distributed.lifecycle import RUN_FILE
-from attn.engine.checkpoint import STATE_FILE, save_checkpoint
+from attn.config import load_config
+from attn.engine.checkpoint import STATE_FILE
 from helpers.cli import ROOT
+from helpers.run_folders import write_run_folder
 
 EXPERIMENT = ROOT / "experiments" / "mnist_ram.yaml"
 
 
 def _run_folder(t: Path, experiment: str, name: str) -> Path:
-    """runs/<experiment>/<name> as a run leaves it: its record and one checkpoint, whose weights file is
-    damaged, so that resuming it stops before Ray starts with an error naming that file."""
+    """runs/<experiment>/<name> as a run leaves it, its one checkpoint's weights file damaged, so that
+    resuming it stops before Ray starts with an error naming that file."""
     overrides = [f"tracking.experiment_name={experiment}", f"tracking.tracking_uri=sqlite:///{t / 'm.db'}"]
-    cfg = load_config(EXPERIMENT, overrides)
     run_dir = t / "runs" / experiment / name
-    ckpt = save_checkpoint(run_dir / "checkpoint_2026-01-01_00-00-00.000000", {"model": {}, "epoch": 0},
-                           {"w": torch.ones(1)}, dump_config(cfg))
-    (ckpt / STATE_FILE).write_bytes(b"\x00garbage")
-    (run_dir / RUN_FILE).write_text(json.dumps({"run_name": name, "mlflow_run_id": "0" * 32,
-                                                "tracking_uri": f"sqlite:///{t / 'm.db'}", "config": cfg.to_dict()}))
+    write_run_folder(run_dir, load_config(EXPERIMENT, overrides), garbage_state=True)
     return run_dir
 
 
