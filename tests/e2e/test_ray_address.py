@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from helpers.cli import ROOT
+from helpers.processes import kill_pids, with_descendants
 
 # Ray Train's placement-group cleaner asks the state API whether the controller is alive, exactly so.
 PROBE = r"""
@@ -45,8 +46,13 @@ def test_a_started_head_is_found_by_its_actors_beside_another_ray():
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         assert got["alive"] is True and got["seen"] == got["gcs"], got
     finally:
+        # Its Ray (GCS, raylet, the raylet's agents) is read before the driver stops: a driver killed
+        # after a slow shutdown would leave the agents to outlive it.
+        tree = with_descendants([other.pid])
         other.send_signal(signal.SIGINT)
         try:
-            other.wait(timeout=30)
+            other.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            other.kill()
+            pass
+        kill_pids(with_descendants(tree))
+        other.wait()
