@@ -280,8 +280,9 @@ def _run_segments(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], 
     for i, path in enumerate(done):
         if not tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"--resume: {path} holds no Tune state to continue; start the sweep anew")
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
-        grids.append(tuner.fit() if i == len(done) - 1 else tuner.get_results())
+        if i == len(done) - 1:
+            tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True).fit()
+        grids.append(_saved_results(path, trainable))
     so_far = sum(len(g) for g in grids)
     if grids and so_far >= cfg.sweep.num_trials:
         return grids
@@ -362,7 +363,18 @@ def _tune(cfg: ExperimentConfig, sweep_dir: Path, info: dict[str, Any], trainabl
             failure_config=tune.FailureConfig(max_failures=sw.trial_retries or 0),
         ),
     )
-    return tuner.fit()
+    tuner.fit()
+    return _saved_results(sweep_dir / name, trainable)
+
+
+def _saved_results(path: Path, trainable):
+    """The segment's results as Tune saved them last, which is what a resume continues from. Not the
+    grid ``fit()`` returns: after an interruption Tune saves its state and then stops the trials still
+    running, so that grid calls a trial cut mid-run (or started as the signal came) TERMINATED, as if it
+    had finished."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(path), trainable).get_results()
 
 
 def _rows(results, cfg: ExperimentConfig, uri: str, exp_id: str, parent: str) -> list[dict[str, Any]]:

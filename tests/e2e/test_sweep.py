@@ -24,10 +24,10 @@ from helpers.cli import ROOT, mlflow_client, ray_with_cpus, run_cli
 RESUMED = re.compile(r"resuming from (\S*trial-(\S+?)/checkpoint_\S*): epoch (\d+), best val error")
 
 
-def _sweep_file(tmp_path: Path, **sweep) -> Path:
+def _sweep_file(tmp_path: Path, train: dict | None = None, **sweep) -> Path:
     raw = yaml.safe_load((ROOT / "experiments" / "mnist_sweep.yaml").read_text())
     raw["data"].update(train_subset=2000, eval_subset=300)
-    raw["train"].update(epochs=3, batch_size=32)
+    raw["train"].update(epochs=3, batch_size=32, **(train or {}))
     raw["eval"]["mc_samples"] = 2
     raw["sweep"].update(max_concurrent_trials=2)
     raw["sweep"].update(sweep)
@@ -106,16 +106,19 @@ def _trial_checkpoints(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    """SIGTERM once one trial has finished, while another is mid-run with a checkpoint; --resume then
-    runs no finished trial again, and the cut trial continues from its checkpoint (its worker says
-    so, and it trains only the epochs after it) into its own MLflow run, each epoch logged once."""
+    """SIGTERM once one trial has finished, while the other is mid-run with a checkpoint: the sweep
+    stops as interrupted (the cut trial is the last one, which Tune's own result calls TERMINATED once
+    it stopped it); --resume then runs no finished trial again, and the cut trial continues from its
+    checkpoint (its worker says so, and it trains only the epochs after it) into its own MLflow run,
+    each epoch logged once."""
     path = _sweep_file(
         tmp_path,
-        num_trials=3,  # two at a time: when the first finishes, another is mid-run
+        train={"patience": 16},
+        num_trials=2,  # side by side
         sampler="random",
-        seed=0,
+        seed=10,  # draws 2, 16, 2 epochs: the 2-epoch trial finishes while the 16-epoch one is mid-run
         asha=None,
-        space={"model.num_glimpses": {"int": [3, 6]}},
+        space={"train.epochs": {"choice": [2, 16]}},
     )
     env = ray_with_cpus(2)
     cmd = [sys.executable, str(ROOT / "run.py"), str(path)]
@@ -173,25 +176,26 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     exp = client.get_experiment_by_name("tiny_sweep")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 3 and len(runs) == 4
-    assert sorted(c.info.status for c in children) == ["FINISHED"] * 3
+    assert len(children) == 2 and len(runs) == 3
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 2
     by_trial = {c.data.tags["attn.trial_id"]: c for c in children}
     assert done_before | cut <= set(by_trial)
     for c in children:  # one curve per trial, each epoch once (a cut trial went on from its checkpoint)
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_error")]
-        assert sorted(steps) == [0, 1, 2], (c.data.tags["attn.trial_id"], steps)
+        epochs = int(c.data.params["train.epochs"])
+        assert sorted(steps) == list(range(epochs)), (c.data.tags["attn.trial_id"], epochs, steps)
 
     # The finished sweep asked for one more trial: it runs that one only, its sampler seeded with the
-    # three so far, into the same MLflow parent run.
-    more = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=4", timeout=400, env=env)
+    # two so far, into the same MLflow parent run.
+    more = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=3", timeout=400, env=env)
     assert more.returncode == 0, more.stderr[-3000:]
-    assert "3 trials done, running 1 more" in more.stdout, more.stdout[-3000:]
+    assert "2 trials done, running 1 more" in more.stdout, more.stdout[-3000:]
     new = {line.split()[2] for line in more.stdout.splitlines()
            if line.startswith("sweep: trial ") and line.split()[3] == "started:"}
     assert len(new) == 1 and not new & set(by_trial), new
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 4 and sorted(c.info.status for c in children) == ["FINISHED"] * 4
+    assert len(children) == 3 and sorted(c.info.status for c in children) == ["FINISHED"] * 3
     assert len(list(tmp_path.glob("runs/*/*/trials.csv"))) == 1
     rows = next(tmp_path.glob("runs/*/*/trials.csv")).read_text().strip().splitlines()
-    assert len(rows) == 5, rows  # header + every trial of both segments
+    assert len(rows) == 4, rows  # header + every trial of both segments
