@@ -24,15 +24,16 @@ train: $(VENV)/.installed
 
 PYTEST := $(PY) -m pytest -q -ra --durations=15
 # pytest-xdist: one worker per core, at most 4. End-to-end tests go to the workers a file at a time
-# (loadfile: a module's tests share the clusters and runs of its module-scoped fixtures); tests marked
-# alone (pyproject.toml says why) run after them, one at a time.
+# (loadfile: a module's tests share the clusters and runs of its module-scoped fixtures), longest first
+# (tests/conftest.py orders them; xdist would otherwise hand out the files with the most tests first);
+# tests marked alone (pyproject.toml says why) run after them, one at a time.
 PARALLEL := -n auto --maxprocesses 4
 
 test-fast: $(VENV)/.installed
 	$(PYTEST) $(PARALLEL) --dist load tests/unit
 
 test-e2e: $(VENV)/.installed
-	$(PYTEST) $(PARALLEL) --dist loadfile -m "not alone" tests/e2e
+	$(PYTEST) $(PARALLEL) --dist loadfile --no-loadscope-reorder -m "not alone" tests/e2e
 	$(PYTEST) -m alone tests/e2e
 
 # Unit first: a broken unit test stops the run before the slow tier starts.

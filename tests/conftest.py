@@ -55,10 +55,21 @@ def _share_the_cores_between_xdist_workers() -> None:
 _share_the_cores_between_xdist_workers()
 
 
+# The end-to-end files that take longest, longest first (their tests' durations under `make test`):
+# pytest-xdist hands files to its workers in collection order (`--no-loadscope-reorder`), and a long
+# file handed out last would run on after every other worker has finished.
+E2E_LONGEST_FIRST = (
+    "test_sweep.py", "test_training.py", "test_reliability.py", "test_contexts_training.py",
+    "test_run_outputs.py", "test_cluster.py", "test_svhn_training.py", "test_image_folder_training.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E_DIR in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.e2e)
+    rank = {name: i for i, name in enumerate(E2E_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.path)).name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session", autouse=True)

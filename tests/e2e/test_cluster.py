@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, join_node, running_ray_head, steps
-from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, with_descendants
+from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, parent_pid, with_descendants
 from helpers.servers import free_port, mlflow_server
 
 
@@ -144,12 +144,48 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
 # ray up / job submit / ray down over SSH
 # ---------------------------------------------------------------------------------------------
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def _pid_namespaces() -> bool:
+    """Whether this machine lets the test start sshd in a PID namespace of its own (root and
+    util-linux's unshare): the `ray stop` that `ray up` and `ray down` run on the node then sees, and
+    stops, only the Ray that the test's cluster started, and nothing else on the machine."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=30).returncode == 0
+
+
+PID_NAMESPACES = _pid_namespaces()
+# Without a namespace of its own, the node's `ray stop` would stop every other test's Ray: the test
+# then waits for the phase that runs alone.
+RAY_UP_PHASE = pytest.mark.e2e if PID_NAMESPACES else pytest.mark.alone
+
+
+def _namespace_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _first_child(pid: int, timeout: float = 20) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and parent_pid(int(entry.name)) == pid:
+                return int(entry.name)
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} started no child within {timeout} s")
 
 
 @contextlib.contextmanager
-def loopback_sshd(root: Path, home: Path):
+def loopback_sshd(root: Path, home: Path, own_pid_namespace: bool = False):
     """sshd on a free loopback port that logs in with a key of its own and runs every command with
-    HOME=``home`` (the remote account the cluster sees), carrying the test session's marker."""
+    HOME=``home`` (the remote account the cluster sees), carrying the test session's marker. Yields
+    (port, private key, PID namespace): with ``own_pid_namespace`` sshd and all it starts live in a
+    PID namespace of their own (the namespace's /proc/PID/ns/pid link, else None), which ends, with
+    everything in it, when the server stops."""
     root.mkdir(parents=True)
     home.mkdir(parents=True)
     for name in ("host_key", "user_key"):
@@ -172,8 +208,10 @@ def loopback_sshd(root: Path, home: Path):
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
-    proc = subprocess.Popen([SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
+    command = [SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]
+    proc = subprocess.Popen([*UNSHARE, *command] if own_pid_namespace else command)
     try:
+        namespace = _namespace_of(_first_child(proc.pid)) if own_pid_namespace else None
         deadline = time.time() + 20
         while True:
             assert proc.poll() is None, (root / "sshd.log").read_text()
@@ -181,15 +219,27 @@ def loopback_sshd(root: Path, home: Path):
                 break
             assert time.time() < deadline, "sshd did not listen"
             time.sleep(0.1)
-        yield port, root / "user_key"
+        yield port, root / "user_key", namespace
     finally:
-        proc.terminate()
+        if own_pid_namespace:  # unshare ignores SIGTERM; its child, the namespace's init, ends it all
+            kill_pids(with_descendants([proc.pid]))
+        else:
+            proc.terminate()
         proc.wait(timeout=20)
 
 
-def ray_processes() -> list[int]:
-    """Ray's daemons among the processes carrying this test session's marker."""
-    return marked_processes("raylet", "gcs_server")
+def ray_processes(namespace: str | None = None) -> list[int]:
+    """Ray's daemons in PID namespace ``namespace``, or (None) among the processes carrying this test
+    session's marker."""
+    if namespace is None:
+        return marked_processes("raylet", "gcs_server")
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in ("raylet", "gcs_server") \
+                    and _namespace_of(int(entry.name)) == namespace:
+                found.append(int(entry.name))
+    return found
 
 
 def foreign_ray_daemons() -> list[int]:
@@ -209,15 +259,16 @@ def foreign_ray_daemons() -> list[int]:
     return found
 
 
-@pytest.mark.alone
+@RAY_UP_PHASE
 def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
     if not Path(SSHD).exists():
         if os.environ.get("ATTN_REQUIRE_SSHD"):
             pytest.fail(f"{SSHD} is missing: .ci/run installs Debian's openssh-server")
         pytest.skip("needs sshd (apt-get install openssh-server); .ci/run installs it")
     # The cluster's node is this machine, and `ray up` / `ray down` run `ray stop` there, which stops
-    # every Ray instance of the machine: a training running beside the tests would die with it.
-    others = foreign_ray_daemons()
+    # every Ray instance it can see: outside a PID namespace of its own, a training running beside the
+    # tests would die with it.
+    others = [] if PID_NAMESPACES else foreign_ray_daemons()
     if others:
         why = f"Ray runs on this machine outside the tests (pids {others}); ray up/down over loopback would stop it"
         if os.environ.get("ATTN_REQUIRE_SSHD"):
@@ -227,8 +278,10 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
 
     home, client_home, shared = tmp_path / "node", tmp_path / "laptop", tmp_path / "shared"
     client_home.mkdir()
-    ray_port, dash_port, mlflow_port = free_port(), free_port(), free_port()
-    with loopback_sshd(tmp_path / "sshd", home) as (ssh_port, key):
+    # Every port the head listens on is a free one: Ray's fixed defaults (the dashboard agent's 52365,
+    # the client server's 10001) may belong to another Ray of the machine.
+    ray_port, dash_port, mlflow_port, agent_port, client_port = (free_port() for _ in range(5))
+    with loopback_sshd(tmp_path / "sshd", home, own_pid_namespace=PID_NAMESPACES) as (ssh_port, key, namespace):
         # cluster.local.yaml as a user fills it in for one machine; the node already has attn's
         # environment (this one), so setup uses --python instead of building ~/attn-venv.
         config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
@@ -245,7 +298,8 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
         ]
         config["head_start_ray_commands"] = [
             c.replace("node.sh head --port 5000", f"node.sh head --ip 127.0.0.1 --port {mlflow_port}")
-            .replace("--port=6379", f"--port={ray_port}").replace("--dashboard-port=8265", f"--dashboard-port={dash_port}")
+            .replace("--port=6379", f"--port={ray_port}").replace("--dashboard-port=8265", f"--dashboard-port={dash_port} --dashboard-agent-listen-port={agent_port} "
+                     f"--ray-client-server-port={client_port}")
             for c in config["head_start_ray_commands"]
         ]
         cluster_file = tmp_path / "cluster.yaml"
@@ -307,14 +361,15 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
 
             ray("down", "-y", str(cluster_file))
             deadline = time.time() + 30
-            while ray_processes() and time.time() < deadline:
+            while ray_processes(namespace) and time.time() < deadline:
                 time.sleep(0.5)
-            assert not ray_processes(), "ray down left Ray running"
+            assert not ray_processes(namespace), "ray down left Ray running"
         finally:
             for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
                 os.environ.pop(key, None)
             subprocess.run([RAY, "down", "-y", str(cluster_file)], cwd=ROOT, env=env, capture_output=True, timeout=120)
-            subprocess.run(
-                ["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "stop-mlflow"],
-                env={**os.environ, "HOME": str(home)}, capture_output=True, timeout=60,
-            )
+            if namespace is None:  # else the server ends with its namespace (its pid file holds a pid of there)
+                subprocess.run(
+                    ["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "stop-mlflow"],
+                    env={**os.environ, "HOME": str(home)}, capture_output=True, timeout=60,
+                )
