@@ -298,8 +298,9 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
         ]
         config["head_start_ray_commands"] = [
             c.replace("node.sh head --port 5000", f"node.sh head --ip 127.0.0.1 --port {mlflow_port}")
-            .replace("--port=6379", f"--port={ray_port}").replace("--dashboard-port=8265", f"--dashboard-port={dash_port} --dashboard-agent-listen-port={agent_port} "
-                     f"--ray-client-server-port={client_port}")
+            .replace("--port=6379", f"--port={ray_port}")
+            .replace("--dashboard-port=8265", f"--dashboard-port={dash_port} --dashboard-agent-listen-port={agent_port} "
+                                              f"--ray-client-server-port={client_port}")
             for c in config["head_start_ray_commands"]
         ]
         cluster_file = tmp_path / "cluster.yaml"
