@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, join_node, running_ray_head, steps
-from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, parent_pid, with_descendants
+from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, with_descendants
 from helpers.servers import free_port, mlflow_server
 
 
@@ -172,9 +172,9 @@ def _namespace_of(pid: int) -> str | None:
 def _first_child(pid: int, timeout: float = 20) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and parent_pid(int(entry.name)) == pid:
-                return int(entry.name)
+        children = [p for p in with_descendants([pid]) if p != pid]
+        if children:
+            return children[0]
         time.sleep(0.05)
     raise AssertionError(f"process {pid} started no child within {timeout} s")
 
@@ -228,18 +228,23 @@ def loopback_sshd(root: Path, home: Path, own_pid_namespace: bool = False):
         proc.wait(timeout=20)
 
 
+def _ray_daemons(keep) -> list[int]:
+    """The machine's Ray daemons (raylet, gcs_server) whose pid ``keep`` accepts."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in ("raylet", "gcs_server") \
+                    and keep(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
 def ray_processes(namespace: str | None = None) -> list[int]:
     """Ray's daemons in PID namespace ``namespace``, or (None) among the processes carrying this test
     session's marker."""
     if namespace is None:
         return marked_processes("raylet", "gcs_server")
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() in ("raylet", "gcs_server") \
-                    and _namespace_of(int(entry.name)) == namespace:
-                found.append(int(entry.name))
-    return found
+    return _ray_daemons(lambda pid: _namespace_of(pid) == namespace)
 
 
 def foreign_ray_daemons() -> list[int]:
@@ -247,16 +252,7 @@ def foreign_ray_daemons() -> list[int]:
     that is ending is not counted: its environment, where the session's marker is, reads empty once it
     has let go of its memory (the two-node test's daemons, just stopped, were taken for a stranger's)."""
     mine = set(marked_pids())
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int(entry.name) not in mine and \
-                    (entry / "comm").read_text().strip() in ("raylet", "gcs_server") and \
-                    alive(int(entry.name)) and (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return _ray_daemons(lambda pid: pid not in mine and alive(pid) and Path(f"/proc/{pid}/environ").read_bytes())
 
 
 @RAY_UP_PHASE
