@@ -34,7 +34,7 @@ test-fast: $(VENV)/.installed
 
 test-e2e: $(VENV)/.installed
 	$(PYTEST) $(PARALLEL) --dist loadfile --no-loadscope-reorder -m "not alone" tests/e2e
-	$(PYTEST) -m alone tests/e2e
+	$(PYTEST) -m alone tests/e2e || test $$? -eq 5  # 5: none is marked alone on this machine
 
 # Unit first: a broken unit test stops the run before the slow tier starts.
 test: test-fast

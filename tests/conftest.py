@@ -59,8 +59,8 @@ _share_the_cores_between_xdist_workers()
 # pytest-xdist hands files to its workers in collection order (`--no-loadscope-reorder`), and a long
 # file handed out last would run on after every other worker has finished.
 E2E_LONGEST_FIRST = (
-    "test_sweep.py", "test_training.py", "test_reliability.py", "test_contexts_training.py",
-    "test_run_outputs.py", "test_cluster.py", "test_svhn_training.py", "test_image_folder_training.py",
+    "test_sweep.py", "test_training.py", "test_cluster.py", "test_reliability.py", "test_contexts_training.py",
+    "test_svhn_training.py", "test_image_folder_training.py", "test_run_outputs.py",
 )
 
 
