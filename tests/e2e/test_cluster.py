@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from helpers.cli import EXPERIMENT, RAY, ROOT, SMALL, background_run, join_node, running_ray_head, steps
-from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, with_descendants
+from helpers.processes import MARKER, alive, command_line, kill_pids, marked_pids, parent_pid, with_descendants
 from helpers.servers import free_port, mlflow_server
 
 
@@ -175,7 +175,7 @@ def _namespace_of(pid: int) -> str | None:
 def _first_child(pid: int, timeout: float = 20) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        children = [p for p in with_descendants([pid]) if p != pid]
+        children = [p for p in with_descendants([pid]) if parent_pid(p) == pid]  # not a grandchild
         if children:
             return children[0]
         time.sleep(0.05)
