@@ -219,6 +219,18 @@ def _run(handler: str, args: argparse.Namespace) -> int:
     return getattr(importlib.import_module(module), function)(args)
 
 
+def _parse(top: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parse_args``, except that overrides may also follow an option: in ``EXP --resume a=1 b=2``
+    argparse hands ``a=1`` to --resume (the train command moves it back) and, its positionals already
+    read, leaves ``b=2`` over; those join the overrides."""
+    args, rest = top.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides.extend(rest)
+    elif rest:
+        top.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # SIGTERM (a scheduler, `kill`) stops a run like Ctrl-C: cleanly, its checkpoint kept.
@@ -227,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "train")  # `run.py EXPERIMENT.yaml ...` is the everyday command
     try:
-        args = parser(prog).parse_args(argv)
+        args = _parse(parser(prog), argv)
         if args.command is None:
             parser(prog).print_help()
             return 2

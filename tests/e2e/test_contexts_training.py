@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers.svhn_fixture import make_svhn_dataset
-from helpers.cli import ROOT, mlflow_client, only_run, run_clis_together, running_ray_head, steps
+from helpers.cli import ROOT, mlflow_client, only_run, run_clis_together, steps
 
 TINY = [
     "data.max_digits=2",
@@ -32,13 +32,6 @@ TINY = [
 ]
 VIT = {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 48,
        "image_size": 32, "patch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One Ray head for the module's runs (each run.py connects to it with ray.address)."""
-    with running_ray_head() as address:
-        yield address
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +59,8 @@ def multinumber(svhn, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, svhn, multinumber, tmp_path_factory):
-    """All four contexts' runs, started together on the module's Ray head (2 CPUs: two 1-CPU runs at a
+def runs(ray_head, svhn, multinumber, tmp_path_factory):
+    """All four contexts' runs, started together on the session's Ray head (2 CPUs: two 1-CPU runs at a
     time, Ray queues the rest): {context: (folder, finished process)}."""
     jobs = {}
     for context, (experiment, extra) in CASES.items():
@@ -80,7 +73,7 @@ def runs(cluster, svhn, multinumber, tmp_path_factory):
             data = [f"data.data_dir={svhn}", "data.use_extra=false"]
             tiny = TINY
         jobs[context] = (folder, [str(ROOT / "experiments" / experiment), *data, f"data.cache_dir={folder / 'cache'}",
-                                  *tiny, *extra, f"ray.address={cluster}"])
+                                  *tiny, *extra, f"ray.address={ray_head}"])
     done = run_clis_together(list(jobs.values()), timeout=600)
     return {context: (jobs[context][0], proc) for context, proc in zip(jobs, done)}
 

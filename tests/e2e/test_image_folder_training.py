@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from attn.cli import main
-from helpers.cli import mlflow_client, only_run, run_clis_together, running_ray_head
+from helpers.cli import mlflow_client, only_run, run_clis_together
 from helpers.image_folders import NAMES, make_rgb, make_seq, mnist_arrays
 
 
@@ -22,13 +22,6 @@ def mnist():
 # ---------------------------------------------------------------------------------------------
 # end to end: RAM and DRAM through Ray Train and MLflow, on written experiments
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cluster():
-    """One Ray head for both training runs (each run.py joins it with ray.address)."""
-    with running_ray_head() as address:
-        yield address
-
-
 # per-image normalisation: the background colours vary from image to image
 # 10 steps an epoch: 25 epochs on a cosine schedule (12 left seeds at 42-60% test error, chance 80%)
 RAM_ARGS = ["train.epochs=25", "train.scheduler=cosine", "train.batch_size=32", "train.lr=2e-3", "data.normalize=per_image",
@@ -39,9 +32,9 @@ RGB_DIGITS = (0, 1, 2, 3, 4)
 
 
 @pytest.fixture(scope="module")
-def trained_own(cluster, mnist, tmp_path_factory):
+def trained_own(ray_head, mnist, tmp_path_factory):
     """RAM on an RGB image folder and DRAM on label sequences, each from the experiment file that
-    `run.py init-experiment` wrote, started together on the module's Ray head (1 CPU each).
+    `run.py init-experiment` wrote, started together on the session's Ray head (1 CPU each).
     {"ram" | "dram": (folder, finished process, what was written)}."""
     ram_dir, dram_dir = tmp_path_factory.mktemp("own_ram"), tmp_path_factory.mktemp("own_dram")
     rgb = make_rgb(ram_dir / "colour digits", mnist, n=80, digits=RGB_DIGITS)
@@ -51,7 +44,7 @@ def trained_own(cluster, mnist, tmp_path_factory):
     for folder, data, extra in ((ram_dir, rgb, RAM_ARGS), (dram_dir, dram_dir / "numbers", DRAM_ARGS)):
         exp = folder / "experiments" / "own.yaml"
         assert main(["init-experiment", "--data", str(data), "--to", str(exp)]) == 0
-        jobs.append((folder, [str(exp), "eval.mc_samples=2", f"ray.address={cluster}", "ray.cpus_per_worker=1", *extra]))
+        jobs.append((folder, [str(exp), "eval.mc_samples=2", f"ray.address={ray_head}", "ray.cpus_per_worker=1", *extra]))
     ram, dram = run_clis_together(jobs, timeout=540)
     return {"ram": (ram_dir, ram, None), "dram": (dram_dir, dram, written)}
 

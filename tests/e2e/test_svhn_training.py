@@ -1,5 +1,5 @@
-"""End to end: `python run.py experiments/svhn_dram.yaml` trains DRAM through Ray Train (2 DDP workers)
-into a real MLflow store, on a small SVHN format 1 folder written in the official structure (real
+"""End to end: `python run.py experiments/svhn_dram.yaml` trains DRAM through Ray Train (2 DDP workers,
+on the session's 2-CPU Ray head) into a real MLflow store, on a small SVHN format 1 folder written in the official structure (real
 MNIST digits on textured backgrounds), and reads sequence accuracy better than any constant answer."""
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ SMALL = [
 ]
 
 
-def test_dram_trains_on_svhn_format1_through_ray_and_mlflow(tmp_path):
+def test_dram_trains_on_svhn_format1_through_ray_and_mlflow(tmp_path, ray_head):
     data = tmp_path / "svhn"
     make_svhn_folder(data, "train", 2400, seed=0, max_len=2, long_numbers=6, bad_boxes=4)
     test_records = make_svhn_folder(data, "test", 300, seed=1, max_len=2)
-    proc = run_cli(tmp_path, str(ROOT / "experiments" / "svhn_dram.yaml"), f"data.data_dir={data}", *SMALL, timeout=540)
+    proc = run_cli(tmp_path, str(ROOT / "experiments" / "svhn_dram.yaml"), f"data.data_dir={data}", *SMALL,
+                   f"ray.address={ray_head}", timeout=540)
     assert proc.returncode == 0
     out = proc.stdout + proc.stderr
     assert "epoch 12/12" in proc.stdout and "test sequence error" in proc.stdout

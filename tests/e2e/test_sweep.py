@@ -1,6 +1,7 @@
 """Sweeps end to end through `python run.py` (Ray Tune + Ray Train + Optuna + ASHA into a real MLflow
 store), including an interrupted sweep continued with --resume. Each sweep's driver starts its own
-local Ray of 2 CPUs (whatever the machine has) and runs at most 2 trials at a time."""
+local Ray of 2 CPUs (whatever the machine has), with Ray's dashboard, whose state API Ray Train's
+placement-group cleaner needs once ASHA stops a trial; it runs at most 2 trials at a time."""
 
 from __future__ import annotations
 
@@ -108,17 +109,17 @@ def _trial_checkpoints(tmp_path: Path) -> dict[str, list[str]]:
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     """SIGTERM once one trial has finished, while the other is mid-run with a checkpoint: the sweep
     stops as interrupted (the cut trial is the last one, which Tune's own result calls TERMINATED once
-    it stopped it); --resume then runs no finished trial again, and the cut trial continues from its
-    checkpoint (its worker says so, and it trains only the epochs after it) into its own MLflow run,
-    each epoch logged once."""
+    it stopped it); --resume with one trial more then runs no finished trial again, the cut trial
+    continues from its checkpoint (its worker says so, and it trains only the epochs after it) into its
+    own MLflow run, each epoch logged once, and the new trial runs after it."""
     path = _sweep_file(
         tmp_path,
         train={"patience": 16},
         num_trials=2,  # side by side
         sampler="random",
-        seed=10,  # draws 2, 16, 2 epochs: the 2-epoch trial finishes while the 16-epoch one is mid-run
+        seed=10,  # draws 2, 8, 2 epochs: the 2-epoch trial finishes while the 8-epoch one is mid-run
         asha=None,
-        space={"train.epochs": {"choice": [2, 16]}},
+        space={"train.epochs": {"choice": [2, 8]}},
     )
     env = ray_with_cpus(2)
     cmd = [sys.executable, str(ROOT / "run.py"), str(path)]
@@ -161,14 +162,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     cut = {t for t, cps in at_cut.items() if cps and t not in done_before}
     assert cut and cut <= started_before, (at_cut, done_before, started_before)
 
-    again = run_cli(tmp_path, str(path), "--resume", timeout=540, env=env)
-    assert again.returncode == 0
+    # --resume asking for one more trial: the cut trial goes on from its checkpoint, no finished trial
+    # runs again, and once the cut segment is done one new trial runs (its sampler seeded with the two
+    # so far), all into the same MLflow parent run.
+    again = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=3", timeout=540, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout + again.stderr
+    assert "2 trials done, running 1 more" in again.stdout, again.stdout[-3000:]
     started = {line.split()[2] for line in again.stdout.splitlines()
                if line.startswith("sweep: trial ") and line.split()[3] == "started:"}
     assert not done_before & started  # finished trials were not run again
+    new = started - cut
+    assert len(new) == 1 and not new & started_before, (started, cut, started_before)
     resumed = {trial: int(k) for _, trial, k in RESUMED.findall(out)}
-    assert not done_before & set(resumed), resumed
+    assert not (done_before | new) & set(resumed), resumed
     for trial in cut:  # the cut trial went on from its checkpoint, not from its first epoch
         assert resumed.get(trial, 0) >= 1, (trial, resumed, out[-3000:])
 
@@ -176,26 +183,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     exp = client.get_experiment_by_name("tiny_sweep")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 2 and len(runs) == 3
-    assert sorted(c.info.status for c in children) == ["FINISHED"] * 2
+    assert len(children) == 3 and len(runs) == 4
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 3
     by_trial = {c.data.tags["attn.trial_id"]: c for c in children}
-    assert done_before | cut <= set(by_trial)
+    assert done_before | cut | new == set(by_trial)
     for c in children:  # one curve per trial, each epoch once (a cut trial went on from its checkpoint)
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_error")]
         epochs = int(c.data.params["train.epochs"])
         assert sorted(steps) == list(range(epochs)), (c.data.tags["attn.trial_id"], epochs, steps)
-
-    # The finished sweep asked for one more trial: it runs that one only, its sampler seeded with the
-    # two so far, into the same MLflow parent run.
-    more = run_cli(tmp_path, str(path), "--resume", "sweep.num_trials=3", timeout=400, env=env)
-    assert more.returncode == 0, more.stderr[-3000:]
-    assert "2 trials done, running 1 more" in more.stdout, more.stdout[-3000:]
-    new = {line.split()[2] for line in more.stdout.splitlines()
-           if line.startswith("sweep: trial ") and line.split()[3] == "started:"}
-    assert len(new) == 1 and not new & set(by_trial), new
-    runs = client.search_runs([exp.experiment_id])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 3 and sorted(c.info.status for c in children) == ["FINISHED"] * 3
     assert len(list(tmp_path.glob("runs/*/*/trials.csv"))) == 1
     rows = next(tmp_path.glob("runs/*/*/trials.csv")).read_text().strip().splitlines()
     assert len(rows) == 4, rows  # header + every trial of both segments

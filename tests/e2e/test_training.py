@@ -1,8 +1,8 @@
 """End to end: `python run.py` trains RAM on real MNIST through Ray Train into a real MLflow store.
 
-Each test starts its own local Ray cluster through the CLI (as a user does) in a temporary working
-directory, given a fixed number of CPUs whatever the machine has, and reads the results back through
-the MLflow client.
+Each test runs the CLI (as a user does) in a temporary working directory on the session's 2-CPU Ray
+head (``ray.address``, as on a cluster), and reads the results back through the MLflow client. The
+reference run (conftest's ``finished_mnist_run``) starts run.py's own local Ray of 2 CPUs.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ def _resumed_at(out: str) -> int:
     return int(found[0][1])
 
 
-def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_run):
-    """Ctrl-C mid-run, then --resume: the run continues from its last checkpoint (not from scratch)
-    into the same MLflow run, and ends with exactly the per-epoch curves and final metrics of a run
-    that was never interrupted (same seed)."""
-    args = [str(EXPERIMENT), *FINISHED_RUN_ARGS]
+def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_run, ray_head):
+    """Ctrl-C mid-run, then --resume on the same running Ray (the cut run's placement group must not
+    outlive it): the run continues from its last checkpoint (not from scratch) into the same MLflow
+    run, and ends with exactly the per-epoch curves and final metrics of a run that was never
+    interrupted (same seed; that one ran on its own local Ray)."""
+    on_head = f"ray.address={ray_head}"
+    args = [str(EXPERIMENT), *FINISHED_RUN_ARGS, on_head]
     _, ref_client, ref_run = finished_mnist_run  # the uninterrupted reference
     ref = ref_run.data.metrics
     cut_dir = tmp_path / "cut"
@@ -58,7 +60,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_ru
     done_before = steps(mlflow_client(cut_dir), run.info.run_id, "val_error")
     assert len(done_before) < 4
 
-    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume", env=env)
+    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume", on_head, env=env)
     assert proc.returncode == 0
     out = proc.stdout + proc.stderr
     assert "resuming run" in proc.stdout
@@ -80,7 +82,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_ru
         assert run.data.metrics[key] == pytest.approx(ref[key], abs=1e-9), key
 
     # A finished run resumed with more epochs trains on in the same MLflow run, after its last epoch.
-    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume", "train.epochs=5", env=env)
+    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume", "train.epochs=5", on_head, env=env)
     assert proc.returncode == 0 and "epoch 5/5" in proc.stdout
     out = proc.stdout + proc.stderr
     assert _resumed_at(out) == 4 and [int(e) for e, _ in EPOCH_LINE.findall(out)] == [5]
@@ -90,16 +92,16 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_ru
     # With every checkpoint of the run damaged, resuming stops before Ray starts, in one line naming the file.
     for f in cut_dir.glob("runs/mnist_ram/*/checkpoint_*/state.pt"):
         f.write_bytes(b"\x00garbage")
-    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume", "train.epochs=6", env=env)
+    proc = run_cli(cut_dir, str(EXPERIMENT), "--resume", "train.epochs=6", on_head, env=env)
     assert proc.returncode != 0
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and "state.pt: unreadable checkpoint" in last, proc.stderr[-3000:]
 
 
-def test_more_workers_than_cpus_is_refused_before_any_run(tmp_path):
-    # The Ray the run starts has 2 CPUs on any machine: 3 one-CPU workers cannot fit.
-    proc = run_cli(tmp_path, str(EXPERIMENT), "ray.num_workers=3", "ray.cpus_per_worker=1", timeout=200,
-                   env=ray_with_cpus(2))
+def test_more_workers_than_cpus_is_refused_before_any_run(tmp_path, ray_head):
+    # The head has 2 CPUs on any machine: 3 one-CPU workers cannot fit.
+    proc = run_cli(tmp_path, str(EXPERIMENT), "ray.num_workers=3", "ray.cpus_per_worker=1", f"ray.address={ray_head}",
+                   timeout=200, env=ray_with_cpus(2))
     assert proc.returncode == 2
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ray: 3 worker(s)") and "lower ray.num_workers" in last

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from attn.cli import COMMANDS, PREPARE, main
+from attn.cli import COMMANDS, PREPARE, _parse, main, parser
 from attn.config import ExperimentConfig, flatten, load_config, read_yaml, validate_config
 from attn.config_reference import key_rows
 from helpers.cli import EXPERIMENT, ROOT
@@ -39,6 +39,23 @@ def test_help_lists_every_command_and_each_command_has_its_own(capsys):
     for name in COMMANDS:
         code, text = _out(capsys, [name, "-h"])
         assert code == 0 and text.startswith(f"usage: run.py {name}"), (name, text[:200])
+
+
+@pytest.mark.parametrize("after", [["--resume", "train.epochs=5", "ray.address=h:1"],
+                                   ["--resume", "last-run", "train.epochs=5", "ray.address=h:1"]])
+def test_overrides_may_follow_resume(after):
+    """`EXP --resume a=1 b=2`: argparse gives a=1 to --resume and leaves b=2 over; both are overrides
+    (the train command moves a=1 back), and a named run keeps its name."""
+    args = _parse(parser(), ["train", str(EXPERIMENT), *after])
+    named = after[1] == "last-run"
+    assert args.resume == ("last-run" if named else "train.epochs=5")
+    assert args.overrides == (["train.epochs=5", "ray.address=h:1"] if named else ["ray.address=h:1"])
+
+
+def test_an_unknown_option_after_resume_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        _parse(parser(), ["train", str(EXPERIMENT), "--resume", "x=1", "--fast"])
+    assert stop.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err
 
 
 def test_prepare_offers_exactly_the_datasets_of_the_task_registry(capsys):
