@@ -15,11 +15,11 @@ def ray_head():
     """A 2-CPU Ray head (`ray start`, as on a cluster) shared by the runs of one pytest process that
     join it with ``ray.address`` (tests under pytest-xdist run one at a time per process); stopped at
     the end of the session: a local Ray's start costs seconds of CPU that most runs here need not pay
-    again. It has no dashboard, whose state API Ray Train's placement-group cleaner needs when a sweep
-    stops a trial early; a run that joins it takes the cluster defaults (ray.max_failures 3). The
-    sweeps, the shared MNIST run, the full-disk run and the authenticated server's run start run.py's
-    own local Ray."""
-    with running_ray_head(num_cpus=2) as address:
+    again. With Ray's dashboard, as the cluster files start a head (Ray Train's placement-group
+    cleaner needs its state API). A run that joins it takes the cluster defaults (ray.max_failures 3).
+    The sweeps, the shared MNIST run, the full-disk run and the authenticated server's run start
+    run.py's own local Ray."""
+    with running_ray_head(num_cpus=2, dashboard=True) as address:
         yield address
 
 

@@ -119,10 +119,13 @@ def join_node(address: str, cpus: int, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
+def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = (), dashboard: bool = False):
     """A real Ray cluster started with `ray start` (as on a cluster): a head with ``num_cpus`` CPUs and
     one more node per entry of ``extra_nodes`` (its CPUs) joined to it on loopback; stopped on exit
-    (also on failure). Yields the head's address.
+    (also on failure). Yields the head's address. ``dashboard``: with Ray's dashboard, on free ports
+    (as the cluster files start it): Ray Train's placement-group cleaner asks its state API whether a
+    run's controller lives; without it the cleaner may ask another Ray of the machine, hear "dead",
+    and remove a live run's placement group.
 
     Teardown stops this cluster's processes only: those whose command line names its temp folder or
     its GCS port (its GCS, raylets, workers, dashboard and log monitors), not the rest of the session."""
@@ -130,9 +133,13 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = ()):
     temp = SESSION_DIR / f"h{port}"
     address = f"127.0.0.1:{port}"
     try:
+        # Ray's fixed defaults (the dashboard's 8265, its agent's 52365, the client server's 10001)
+        # may belong to another Ray of the machine
+        ports = [f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                 f"--ray-client-server-port={free_port()}"] if dashboard else ["--include-dashboard=false"]
         start = subprocess.run(
             [RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+             *ports, "--disable-usage-stats", f"--temp-dir={temp}"],
             capture_output=True, text=True, timeout=120,
         )
         assert start.returncode == 0, start.stderr[-3000:]
