@@ -124,8 +124,8 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = (), dashb
     one more node per entry of ``extra_nodes`` (its CPUs) joined to it on loopback; stopped on exit
     (also on failure). Yields the head's address. ``dashboard``: with Ray's dashboard, on free ports
     (as the cluster files start it): Ray Train's placement-group cleaner asks its state API whether a
-    run's controller lives; without it the cleaner may ask another Ray of the machine, hear "dead",
-    and remove a live run's placement group.
+    run's controller lives; without it that check has reported a live controller dead beside other
+    Rays of the machine, and the cleaner removed a running run's placement group.
 
     Teardown stops this cluster's processes only: those whose command line names its temp folder or
     its GCS port (its GCS, raylets, workers, dashboard and log monitors), not the rest of the session."""
