@@ -221,9 +221,12 @@ def _run(handler: str, args: argparse.Namespace) -> int:
 
 def _parse(top: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parse_args``, except that overrides may also follow an option: in ``EXP --resume a=1 b=2``
-    argparse hands ``a=1`` to --resume (the train command moves it back) and, its positionals already
-    read, leaves ``b=2`` over; those join the overrides."""
+    argparse hands ``a=1`` to --resume and, its positionals already read, leaves ``b=2`` over; both
+    join the overrides (run names never hold '=')."""
     args, rest = top.parse_known_args(argv)
+    if getattr(args, "resume", None) and "=" in args.resume:
+        args.overrides.insert(0, args.resume)
+        args.resume = ""
     if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
         args.overrides.extend(rest)
     elif rest:

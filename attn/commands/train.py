@@ -10,10 +10,6 @@ from attn.tracking import ui_link
 
 
 def train(args: argparse.Namespace) -> int:
-    if args.resume and "=" in args.resume:
-        # `--resume key=value`: argparse took the first override as the run name (names never hold '=').
-        args.overrides.insert(0, args.resume)
-        args.resume = ""
     resume = args.resume is not None
     common = dict(
         config_file=args.experiment, resume=resume, resume_name=args.resume or None,

@@ -1,6 +1,7 @@
 """End to end: `python run.py experiments/svhn_dram.yaml` trains DRAM through Ray Train (2 DDP workers,
-on the session's 2-CPU Ray head) into a real MLflow store, on a small SVHN format 1 folder written in the official structure (real
-MNIST digits on textured backgrounds), and reads sequence accuracy better than any constant answer."""
+on the session's 2-CPU Ray head) into a real MLflow store, on a small SVHN format 1 folder written in
+the official structure (real MNIST digits on textured backgrounds), and reads sequence accuracy better
+than any constant answer."""
 
 from __future__ import annotations
 
