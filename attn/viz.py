@@ -37,6 +37,21 @@ BACKGROUND = (32, 32, 32)
 TITLE_H = 20
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, with matplotlib's INFO messages kept off the
+    console: a Ray worker's root logger is at INFO, and the first plot on a machine builds the font
+    cache and says so ("generated new fontManager") among the user's epoch lines."""
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the image sits in a drawing: image pixel (x, y) -> the block at (left + x * zoom,
@@ -210,10 +225,7 @@ def heatmap(
 ) -> Path:
     """Glimpse centres over the test set: counts (H, W) as a heat map over ``background`` (uint8
     (C, H, W), e.g. the mean test image), with a colour bar in glimpses per pixel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     h = hist.detach().cpu().double().numpy()
     H, W = h.shape
@@ -264,10 +276,7 @@ def parallel_coordinates(
     """One line per trial across the searched ``keys`` and ``metric`` (each axis scaled to its own
     range, log-scaled when it spans over 10x; text values placed in order of appearance); the best
     trial drawn thick, lines coloured by the metric. Trials without a finite metric are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     axes = list(keys) + [metric]
     scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
@@ -339,10 +348,7 @@ def learning_curves(series: dict[str, list[dict]], path: Path, title: str = "", 
     series: label -> the run's epochs in order, each a dict with ``epoch`` (0-based), ``metric`` and
     ``epoch_time_s``; epochs without the metric are skipped.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharey=True)

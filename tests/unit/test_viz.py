@@ -3,6 +3,9 @@ test-pass breakdown (heat map counts, per-class and per-length tables) against s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,18 @@ def test_learning_curves_points_and_picture(tmp_path):
     assert viz.curve_points(rows) == ([1, 3], [0.5, 2.0], [50.0, 1e-3])
     path = viz.learning_curves({"rnn": rows, "gtrxl": rows[:1]}, tmp_path / "c.png", title="t")
     assert Image.open(path).size == (1100, 420)
+
+
+def test_a_first_plot_on_a_machine_says_nothing_on_an_info_console(tmp_path):
+    """A Ray worker's root logger is at INFO: the first plot on a fresh machine builds matplotlib's
+    font cache, and its "generated new fontManager" must not land among the user's epoch lines."""
+    code = (
+        "import logging, sys, torch; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from attn import viz\n"
+        f"viz.heatmap(torch.ones(4, 4), viz.Path({str(tmp_path / 'h.png')!r}))\n"
+    )
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "fresh")}  # no font cache yet
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((tmp_path / "fresh").glob("fontlist*.json")), "the cache was not built: the test saw no first plot"
+    assert "matplotlib" not in proc.stderr and "fontManager" not in proc.stderr, proc.stderr[-2000:]
