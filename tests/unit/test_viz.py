@@ -170,4 +170,5 @@ def test_a_first_plot_on_a_machine_says_nothing_on_an_info_console(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((tmp_path / "fresh").glob("fontlist*.json")), "the cache was not built: the test saw no first plot"
-    assert "matplotlib" not in proc.stderr and "fontManager" not in proc.stderr, proc.stderr[-2000:]
+    # its warnings stay ("building the font cache" when that takes over 5 s): a user should know why
+    assert "INFO:matplotlib" not in proc.stderr and "fontManager" not in proc.stderr, proc.stderr[-2000:]
