@@ -15,8 +15,10 @@ import time
 import pytest
 
 from helpers.cli import (
-    EXPERIMENT, FINISHED_RUN_ARGS, background_run, history, mlflow_client, only_run, ray_with_cpus, run_cli, steps,
+    EXPERIMENT, FINISHED_RUN_ARGS, background_run, history, mlflow_client, only_run, ray_processes_titled,
+    ray_with_cpus, run_cli, steps,
 )
+from helpers.processes import kill_pids
 
 RESUMED = re.compile(r"resuming from (\S+): epoch (\d+), best val error")
 EPOCH_LINE = re.compile(r"\bepoch (\d+)/(\d+) \|")
@@ -51,8 +53,16 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path, finished_mnist_ru
         while time.time() < deadline and len(checkpoints()) < 2 and driver.poll() is None:
             time.sleep(0.1)
         assert len(checkpoints()) >= 2, "no checkpoint was written"
-        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
-        out, _ = driver.communicate(timeout=120)
+        # The worker is held where it is until the driver has ended: on a busy machine its two
+        # epochs left (a second or so) could otherwise finish before Ctrl-C took effect.
+        worker = ray_processes_titled(ray_head, "ray::RayTrainWorker")
+        assert worker, "no Ray Train worker on the head"
+        kill_pids(worker, signal.SIGSTOP)
+        try:
+            os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+            out, _ = driver.communicate(timeout=120)
+        finally:
+            kill_pids(worker, signal.SIGCONT)
     assert driver.returncode == 130, out[-3000:]
     assert "interrupted" in out and "--resume" in out, out[-3000:]
     run = only_run(mlflow_client(cut_dir))

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.processes import SESSION_DIR, alive, kill_pids, marked_pids_matching
+from helpers.processes import SESSION_DIR, alive, command_line, kill_pids, marked_pids_matching
 from helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +105,14 @@ def steps(client, run_id: str, key: str) -> list[int]:
 def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     """A metric's (step, value) pairs in the order MLflow holds them (no sorting, no de-duplication)."""
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def ray_processes_titled(address: str, title: str) -> list[int]:
+    """The processes of the Ray cluster at ``address`` (a head of ``running_ray_head``) whose title
+    starts with ``title``: Ray renames a worker after its actor (``ray::RayTrainWorker``)."""
+    port = address.rsplit(":", 1)[1]
+    pids = marked_pids_matching(f":{port}", f"--gcs-address={address}", f"--gcs_address={address}")
+    return [p for p in pids if " ".join(command_line(p)).startswith(title)]
 
 
 def join_node(address: str, cpus: int, *args: str) -> None:
