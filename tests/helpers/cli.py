@@ -107,12 +107,19 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
+def _cluster_needles(address: str) -> tuple[str, ...]:
+    """What the command lines of the Ray cluster at ``address`` hold: its GCS, raylets, workers and
+    log monitors name the GCS; ":{port}" also finds the Ray client server, which names the GCS by
+    the node's other address."""
+    port = address.rsplit(":", 1)[1]
+    return f":{port}", f"--gcs-address={address}", f"--gcs_address={address}"
+
+
 def ray_processes_titled(address: str, title: str) -> list[int]:
     """The processes of the Ray cluster at ``address`` (a head of ``running_ray_head``) whose title
     starts with ``title``: Ray renames a worker after its actor (``ray::RayTrainWorker``)."""
-    port = address.rsplit(":", 1)[1]
-    pids = marked_pids_matching(f":{port}", f"--gcs-address={address}", f"--gcs_address={address}")
-    return [p for p in pids if " ".join(command_line(p)).startswith(title)]
+    return [p for p in marked_pids_matching(*_cluster_needles(address))
+            if " ".join(command_line(p)).startswith(title)]
 
 
 def join_node(address: str, cpus: int, *args: str) -> None:
@@ -155,8 +162,7 @@ def running_ray_head(num_cpus: int = 2, extra_nodes: tuple[int, ...] = (), dashb
             join_node(address, cpus)
         yield address
     finally:
-        # ":{port}" also finds the Ray client server, which names the GCS by the node's other address
-        needles = (str(temp), f":{port}", f"--gcs-address={address}", f"--gcs_address={address}")
+        needles = (str(temp), *_cluster_needles(address))
         mine = marked_pids_matching(*needles)
         kill_pids(mine, signal.SIGTERM)
         deadline = time.time() + 3  # a worker blocked in a call may not answer SIGTERM
