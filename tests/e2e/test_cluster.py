@@ -46,8 +46,6 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
     buffered metrics); a new node joins, as the autoscaler would start one, and Ray Train restarts
     the worker group there from the latest checkpoint; then the server starts again. The run
     finishes and every epoch is in MLflow exactly once."""
-    from mlflow.tracking import MlflowClient
-
     epochs, port, shared = 8, free_port(), tmp_path / "shared"
     # Ray Train's default poll (every 2 s; conftest shortens it): each epoch then lasts about 2 s, so
     # that training is still under way when the server stops and when the worker is killed.
@@ -57,37 +55,11 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
     monkeypatch.setenv("RAY_health_check_period_ms", "1000")
     monkeypatch.setenv("RAY_health_check_failure_threshold", "3")
 
-    def checkpoints() -> set[str]:
-        return {p.name for p in shared.glob("runs/mnist_ram/*/checkpoint_*")}
-
-    server = mlflow_server(tmp_path / "mlflow", port=port)
-    uri = server.__enter__()
+    live = [mlflow_server(tmp_path / "mlflow", port=port)]  # the server of the moment; None while it is down
+    uri = live[0].__enter__()
     try:
         with running_ray_head(num_cpus=1) as address:
-            spot_port = free_port()
-            join_node(address, 1, f"--node-manager-port={spot_port}")
-            with background_run(
-                tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
-                f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
-                "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=1", f"ray.storage_path={shared / 'runs'}",
-                f"tracking.tracking_uri={uri}",
-            ) as driver:
-                deadline = time.time() + 300
-                while time.time() < deadline and len(checkpoints()) < 2:  # the first is surely registered
-                    time.sleep(0.1)
-                server.__exit__(None, None, None)
-                server = None
-                seen = checkpoints()
-                while time.time() < deadline and not checkpoints() - seen:
-                    time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
-                workers = marked_processes("RayTrainWorker")
-                assert len(workers) == 2, workers
-                (raylet,) = marked_processes(f"--node_manager_port={spot_port}")
-                kill_pids(with_descendants([raylet]))  # the node vanishes: its raylet, agents and workers
-                join_node(address, 1)  # the replacement node
-                time.sleep(3)
-                server = mlflow_server(tmp_path / "mlflow", port=port)
-                server.__enter__()
+            with _train_through_a_lost_node_and_an_outage(tmp_path, address, uri, live, epochs, shared) as driver:
                 out, _ = driver.communicate(timeout=400)
             # Read back while the cluster's processes (the MLflow server among them) still run.
             assert driver.returncode == 0, out[-4000:]
@@ -95,38 +67,14 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
             assert "is unreachable" in out and "worker group restarted after a lost node or process: resuming from" in out, \
                 out[-4000:]
             assert f"epoch {epochs}/{epochs}" in out and "img/s" in out and "left" in out
-
-            client = MlflowClient(tracking_uri=uri)
-            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
-            assert run.info.status == "FINISHED"
-            # The two ranks ran on two different nodes.
-            nodes = run.data.tags["ray.worker_nodes"].split(",")
-            assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
             # the first worker group, then the restarted one with rank 1 on the replacement node (nodes on
             # one machine share a log folder, so each node's log monitor may echo a line: count distinct lines)
             groups = set(re.findall(r"workers \(rank: ip/node\): .*", out))
             assert len(groups) == 2, out[-4000:]
-
-            p = run.data.params
-            assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "6000"
-            assert p["ray.storage_path"] == str(shared / "runs") and p["tracking.tracking_uri"] == uri
-            # Every epoch exactly once, whatever was re-run or lost in the buffer.
-            for key in ("val_error", "train_loss", "lr", "best_val_error", "images_per_s", "train_accuracy",
-                        "val_nll", "train_nonfinite_steps"):
-                assert sorted(steps(client, run.info.run_id, key)) == list(range(epochs)), key
-            m = run.data.metrics
-            assert m["test_error"] < 60.0  # chance is 90%: it learned something in 8 epochs on 6000 images
-            assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
-            assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
-
-            arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-            assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
-            conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
-            assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
-            local = client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+            run_id, local = _check_every_epoch_once_in_mlflow(uri, epochs, shared, tmp_path)
     finally:
-        if server is not None:
-            server.__exit__(None, None, None)
+        if live[0] is not None:
+            live[0].__exit__(None, None, None)
     state = torch.load(local, weights_only=True)
     from attn.config import load_config
     from attn.data.base import DataSpec
@@ -138,9 +86,79 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
     # The run folder on the shared storage keeps the resolved config and Ray Train's checkpoints.
     (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
     saved = json.loads((run_dir / "attn_run.json").read_text())
-    assert saved["mlflow_run_id"] == run.info.run_id and saved["config"]["ray"]["num_workers"] == 2
+    assert saved["mlflow_run_id"] == run_id and saved["config"]["ray"]["num_workers"] == 2
     assert list(run_dir.glob("checkpoint_*/state.pt"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@contextlib.contextmanager
+def _train_through_a_lost_node_and_an_outage(tmp_path: Path, address: str, uri: str, live: list, epochs: int,
+                                             shared: Path):
+    """Joins a second node to the head at ``address`` and starts the two-worker run; once it has two
+    checkpoints, stops the MLflow server ``live[0]`` (port of ``uri``), waits for an epoch to end while
+    it is down, kills the second node, joins a replacement and starts the server again (``live[0]``
+    then). Yields the run's driver, still running, and kills it on exit if it has not ended."""
+    port = int(uri.rsplit(":", 1)[1])
+
+    def checkpoints() -> set[str]:
+        return {p.name for p in shared.glob("runs/mnist_ram/*/checkpoint_*")}
+
+    spot_port = free_port()
+    join_node(address, 1, f"--node-manager-port={spot_port}")
+    with background_run(
+        tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
+        f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
+        "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=1", f"ray.storage_path={shared / 'runs'}",
+        f"tracking.tracking_uri={uri}",
+    ) as driver:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(checkpoints()) < 2:  # the first is surely registered
+            time.sleep(0.1)
+        live[0].__exit__(None, None, None)
+        live[0] = None
+        seen = checkpoints()
+        while time.time() < deadline and not checkpoints() - seen:
+            time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
+        workers = marked_processes("RayTrainWorker")
+        assert len(workers) == 2, workers
+        (raylet,) = marked_processes(f"--node_manager_port={spot_port}")
+        kill_pids(with_descendants([raylet]))  # the node vanishes: its raylet, agents and workers
+        join_node(address, 1)  # the replacement node
+        time.sleep(3)
+        live[0] = mlflow_server(tmp_path / "mlflow", port=port)
+        live[0].__enter__()
+        yield driver
+
+
+def _check_every_epoch_once_in_mlflow(uri: str, epochs: int, shared: Path, tmp_path: Path) -> tuple[str, str]:
+    """The two-node run as the MLflow server at ``uri`` holds it: finished, its two ranks on two nodes,
+    its parameters, every epoch's metrics exactly once, its artifacts. Returns its id and the path of
+    its best weights, downloaded into ``tmp_path``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+    assert run.info.status == "FINISHED"
+    nodes = run.data.tags["ray.worker_nodes"].split(",")
+    assert len(nodes) == 2 and nodes[0].split("/")[1] != nodes[1].split("/")[1]
+
+    p = run.data.params
+    assert p["model.num_glimpses"] == "6" and p["ray.num_workers"] == "2" and p["data.train_subset"] == "6000"
+    assert p["ray.storage_path"] == str(shared / "runs") and p["tracking.tracking_uri"] == uri
+    # Every epoch exactly once, whatever was re-run or lost in the buffer.
+    for key in ("val_error", "train_loss", "lr", "best_val_error", "images_per_s", "train_accuracy",
+                "val_nll", "train_nonfinite_steps"):
+        assert sorted(steps(client, run.info.run_id, key)) == list(range(epochs)), key
+    m = run.data.metrics
+    assert m["test_error"] < 60.0  # chance is 90%: it learned something in 8 epochs on 6000 images
+    assert {"test_error_mc", "test_error_sample", "best_val_error"} <= set(m)
+    assert run.data.tags["core"] == "rnn" and run.data.tags.get("git_commit")
+
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert arts == {"checkpoint/best_model.pt", "checkpoint/config.yaml"}
+    conf = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert conf == {"config/config.resolved.yaml", "config/mnist_ram.yaml"}
+    return run.info.run_id, client.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +291,6 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
         if os.environ.get("ATTN_REQUIRE_SSHD"):
             pytest.fail(why)
         pytest.skip(why)
-    from mlflow.tracking import MlflowClient
 
     home, client_home, shared = tmp_path / "node", tmp_path / "laptop", tmp_path / "shared"
     client_home.mkdir()
@@ -281,29 +298,8 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
     # the client server's 10001) may belong to another Ray of the machine.
     ray_port, dash_port, mlflow_port, agent_port, client_port = (free_port() for _ in range(5))
     with loopback_sshd(tmp_path / "sshd", home, own_pid_namespace=PID_NAMESPACES) as (ssh_port, key, namespace):
-        # cluster.local.yaml as a user fills it in for one machine; the node already has attn's
-        # environment (this one), so setup uses --python instead of building ~/attn-venv.
-        config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
-        config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-        config.update(min_workers=0, max_workers=0)
-        config["auth"] = {
-            "ssh_user": os.environ.get("USER") or "root",
-            "ssh_private_key": str(key),
-            "ssh_proxy_command": f"{sys.executable} {ROOT / 'tests' / 'helpers' / 'tcp_relay.py'} 127.0.0.1 {ssh_port}",
-        }
-        config["setup_commands"] = [
-            c.replace("--shared /mnt/shared/attn", f"--shared {shared} --python {sys.executable}")
-            for c in config["setup_commands"]
-        ]
-        config["head_start_ray_commands"] = [
-            c.replace("node.sh head --port 5000", f"node.sh head --ip 127.0.0.1 --port {mlflow_port}")
-            .replace("--port=6379", f"--port={ray_port}")
-            .replace("--dashboard-port=8265", f"--dashboard-port={dash_port} --dashboard-agent-listen-port={agent_port} "
-                                              f"--ray-client-server-port={client_port}")
-            for c in config["head_start_ray_commands"]
-        ]
-        cluster_file = tmp_path / "cluster.yaml"
-        cluster_file.write_text(yaml.safe_dump(config))
+        cluster_file = _local_cluster_file(tmp_path, shared, key, ssh_port, mlflow_port, ray_port, dash_port,
+                                           agent_port, client_port)
         env = {**os.environ, "HOME": str(client_home)}
 
         def ray(*args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
@@ -336,28 +332,9 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
             )
             assert "done: mnist-ram" in job.stdout, job.stdout[-3000:]
 
-            # The head's MLflow server refuses requests without the cluster's credentials, which node.sh
-            # made into the shared folder (mode 600) and every node's cluster.env reads.
-            search = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1"
-            with pytest.raises(urllib.error.HTTPError, match="401"):
-                urllib.request.urlopen(search, timeout=30)
-            credentials = shared / ".mlflow" / "credentials"
-            assert credentials.stat().st_mode & 0o077 == 0 and (shared / ".mlflow").stat().st_mode & 0o077 == 0
-            assert str(credentials) in env_file
-            creds = dict(re.findall(r"export (MLFLOW_TRACKING_\w+)=(\S+)", credentials.read_text()))
-            assert set(creds) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
-            assert len(creds["MLFLOW_TRACKING_PASSWORD"]) >= 32 and not credentials.is_relative_to(ROOT)
-
-            # The run went to the head's MLflow server and its folder to the shared storage.
+            creds = _check_the_head_server_asks_for_credentials(shared, env_file, mlflow_port)
             os.environ.update(creds)
-            client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
-            (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
-            assert run.info.status == "FINISHED" and "test_error" in run.data.metrics
-            assert run.data.params["ray.storage_path"] == str(shared / "runs")
-            assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} >= {"checkpoint/best_model.pt"}
-            (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
-            assert list(run_dir.glob("checkpoint_*/state.pt"))
-            assert (shared / "mlartifacts").is_dir() and (shared / "mlflow" / "mlflow.db").is_file()
+            _check_the_run_reached_the_head(mlflow_port, shared)
 
             ray("down", "-y", str(cluster_file))
             deadline = time.time() + 30
@@ -373,3 +350,64 @@ def test_ray_up_submit_and_down_on_a_local_cluster_over_ssh(tmp_path):
                     ["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), "stop-mlflow"],
                     env={**os.environ, "HOME": str(home)}, capture_output=True, timeout=60,
                 )
+
+
+def _local_cluster_file(tmp_path: Path, shared: Path, key: Path, ssh_port: int, mlflow_port: int, ray_port: int,
+                        dash_port: int, agent_port: int, client_port: int) -> Path:
+    """cluster.local.yaml as a user fills it in for this one machine, reached over the loopback sshd
+    at ``ssh_port`` with ``key``; every port the head listens on is one of the given free ones. The
+    node already has attn's environment (this one), so setup uses --python instead of building
+    ~/attn-venv. Written to tmp_path/cluster.yaml."""
+    config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
+    config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+    config.update(min_workers=0, max_workers=0)
+    config["auth"] = {
+        "ssh_user": os.environ.get("USER") or "root",
+        "ssh_private_key": str(key),
+        "ssh_proxy_command": f"{sys.executable} {ROOT / 'tests' / 'helpers' / 'tcp_relay.py'} 127.0.0.1 {ssh_port}",
+    }
+    config["setup_commands"] = [
+        c.replace("--shared /mnt/shared/attn", f"--shared {shared} --python {sys.executable}")
+        for c in config["setup_commands"]
+    ]
+    config["head_start_ray_commands"] = [
+        c.replace("node.sh head --port 5000", f"node.sh head --ip 127.0.0.1 --port {mlflow_port}")
+        .replace("--port=6379", f"--port={ray_port}")
+        .replace("--dashboard-port=8265", f"--dashboard-port={dash_port} --dashboard-agent-listen-port={agent_port} "
+                                          f"--ray-client-server-port={client_port}")
+        for c in config["head_start_ray_commands"]
+    ]
+    cluster_file = tmp_path / "cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump(config))
+    return cluster_file
+
+
+def _check_the_head_server_asks_for_credentials(shared: Path, env_file: str, mlflow_port: int) -> dict[str, str]:
+    """The head's MLflow server refuses requests without the cluster's credentials, which node.sh made
+    into the shared folder (mode 600) and every node's cluster.env (``env_file``) reads. Returns them
+    (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)."""
+    search = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(search, timeout=30)
+    credentials = shared / ".mlflow" / "credentials"
+    assert credentials.stat().st_mode & 0o077 == 0 and (shared / ".mlflow").stat().st_mode & 0o077 == 0
+    assert str(credentials) in env_file
+    creds = dict(re.findall(r"export (MLFLOW_TRACKING_\w+)=(\S+)", credentials.read_text()))
+    assert set(creds) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert len(creds["MLFLOW_TRACKING_PASSWORD"]) >= 32 and not credentials.is_relative_to(ROOT)
+    return creds
+
+
+def _check_the_run_reached_the_head(mlflow_port: int, shared: Path) -> None:
+    """The submitted run went to the head's MLflow server (credentials in the environment) and its
+    folder to the shared storage."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist_ram").experiment_id])
+    assert run.info.status == "FINISHED" and "test_error" in run.data.metrics
+    assert run.data.params["ray.storage_path"] == str(shared / "runs")
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} >= {"checkpoint/best_model.pt"}
+    (run_dir,) = (shared / "runs" / "mnist_ram").iterdir()
+    assert list(run_dir.glob("checkpoint_*/state.pt"))
+    assert (shared / "mlartifacts").is_dir() and (shared / "mlflow" / "mlflow.db").is_file()

@@ -106,6 +106,43 @@ def _trial_checkpoints(tmp_path: Path) -> dict[str, list[str]]:
             for d in tmp_path.glob("runs/*/*/trials/trial-*")}
 
 
+def _sweep_cut_after_a_finished_trial(
+    tmp_path: Path, path: Path, env: dict
+) -> tuple[int | None, list[str], dict | None]:
+    """Runs the sweep ``path`` and sends it SIGTERM (as a scheduler or `kill` stops it) as soon as it
+    prints that a trial finished. Returns its exit status, its output lines, and each trial's
+    checkpoints at that moment (None when no trial finished in time)."""
+    cmd = [sys.executable, str(ROOT / "run.py"), str(path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_read_lines, args=(proc, lines), daemon=True)
+    reader.start()
+    out, at_cut = [], None
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            out.append(line)
+            if at_cut is None and line.startswith("sweep: trial ") and " finished" in line:
+                at_cut = _trial_checkpoints(tmp_path)
+                os.kill(proc.pid, signal.SIGTERM)
+        if at_cut is None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # out of time: the caller fails with the output so far
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=10)
+    return proc.returncode, out, at_cut
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     """SIGTERM once one trial has finished, while the other is mid-run with a checkpoint: the sweep
     stops as interrupted (the cut trial is the last one, which Tune's own result calls TERMINATED once
@@ -122,37 +159,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         space={"train.epochs": {"choice": [2, 8]}},
     )
     env = ray_with_cpus(2)
-    cmd = [sys.executable, str(ROOT / "run.py"), str(path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=_read_lines, args=(proc, lines), daemon=True)
-    reader.start()
-    first_out, at_cut = [], None
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            try:
-                line = lines.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            first_out.append(line)
-            if at_cut is None and line.startswith("sweep: trial ") and " finished" in line:
-                at_cut = _trial_checkpoints(tmp_path)
-                os.kill(proc.pid, signal.SIGTERM)  # as a scheduler or `kill` stops it, after one trial finished
-        if at_cut is None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # out of time: fail below with the output so far
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(timeout=10)
+    returncode, first_out, at_cut = _sweep_cut_after_a_finished_trial(tmp_path, path, env)
     text = "".join(first_out)
     assert at_cut is not None, f"no trial finished within the time:\n{text[-3000:]}"
-    assert proc.returncode == 130, text[-3000:]
+    assert returncode == 130, text[-3000:]
     assert "continue it with --resume" in text
     trial_lines = [line.split() for line in first_out if line.startswith("sweep: trial ")]
     started_before = {w[2] for w in trial_lines if w[3] == "started:"}
