@@ -20,7 +20,11 @@ episode (h2_0 = r2(h1_0 | tokens)); everything after is as above.
 Glimpses read the channel mean of x (``glimpse_color`` gray) or all channels (rgb).
 
 A Transformer DRAM uses the same two streams (Ba et al.'s layers become two causal Transformers,
-each stepping with its key/value cache): r1 reads (g_1 .. g_t), r2 reads (ctx, h1_1 .. h1_t).
+each stepping with its key/value cache): r1 reads (g_1 .. g_t), r2 reads (ctx, h1_1 .. h1_t). Cores
+with relative positions only (trxl, gtrxl) read g_s + p_s at glimpse s, p (G, d) a learned step
+embedding: relative attention alone cannot tell the last glimpse of slot 1 from that of slot 2 (for
+identical inputs its outputs are identical at every step), so the classifier could not tell which
+token to emit.
 There are G = L (E + N) glimpses; step s = 0 .. G-1 emits the location of glimpse s (step 0 from the
 context), so log_pi and baselines are (B, G) and ``step_slot[s]`` = s // (E + N) is the label slot
 whose glimpse uses that location. No teacher forcing: labels are never fed back.
@@ -121,6 +125,10 @@ class DRAM(nn.Module):
         self.locator = LocationNetwork(d)
         self.baseline = BaselineNetwork(d)
         self.classifier = Classifier(d, num_classes)
+        self.step_embedding: Optional[nn.Parameter] = None
+        if isinstance(lower, SequenceCore) and not lower.absolute_positions:
+            # p_s (G, d), GPT-2's initialisation of its learned positions
+            self.step_embedding = nn.Parameter(torch.randn(max_tokens * self.steps_per_token, d) * 0.02)
 
     def reinforce_only(self) -> list[nn.Module]:
         """The modules only the REINFORCE term trains: the location network, the top core r2 and the
@@ -189,6 +197,8 @@ class DRAM(nn.Module):
             locations.append(loc)
             seen = loc.clamp(-1.0, 1.0)  # the sensor's limits: the retina and the where branch read the same
             g = self.glimpse(self.retina(padded, seen, H, W), seen)
+            if self.step_embedding is not None:
+                g = g + self.step_embedding[s]
             h1, lower_state = self.lower.step(g, lower_state)
             if (s + 1) % self.steps_per_token == 0:
                 token_logp.append(self.classifier(h1))

@@ -203,6 +203,8 @@ class RelativeTransformerCore(SequenceCore):
     :class:`RelativeLayer`, then ``final_norm``. Caches one (K, V, W_R r) triple per layer; with
     cross-attention, each layer's memory keys/values once per episode."""
 
+    absolute_positions = False  # only distances i - j reach the attention
+
     def __init__(
         self,
         input_size: int,

@@ -86,6 +86,9 @@ class SequenceCore(Core):
 
     use_cache: bool = True
     cross_attention: bool = False
+    # whether h_t can depend on t itself: false for relative attention alone, whose outputs for T
+    # identical inputs are identical at every step
+    absolute_positions: bool = True
 
     def init_state(
         self, batch_size: int, device: torch.device, dtype: torch.dtype, memory: Optional[torch.Tensor] = None

@@ -94,7 +94,10 @@ def test_rollout_rerun_by_hand(core, explore):
         loc = ep.locations[:, s]
         torch.testing.assert_close(ep.log_pi[:, s], gaussian_log_prob(loc, model.locator(h2), 0.2))
         torch.testing.assert_close(ep.baselines[:, s], model.baseline(h2))
-        h1, s1 = model.lower.step(model.glimpse(model.retina(padded, loc, 30, 30), loc), s1)
+        g = model.glimpse(model.retina(padded, loc, 30, 30), loc)
+        if core == "gtrxl":  # relative positions only: r1 reads the step embedding with the glimpse
+            g = g + model.step_embedding[s]
+        h1, s1 = model.lower.step(g, s1)
         if s % (explore + n) == explore + n - 1:
             slots.append(model.classifier(h1))
         h2, s2 = model.upper.step(h1, s2)
@@ -128,6 +131,31 @@ def test_transformer_dram_cache_matches_recompute(core):
     torch.testing.assert_close(a.locations, b.locations, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("core", ["gpt2", "trxl", "gtrxl"])
+def test_transformer_dram_tells_its_label_slots_apart(core):
+    """The same glimpse at every step (a blank image, the location net zeroed: every glimpse at the
+    centre): relative attention alone (trxl, gtrxl) then gives the same h1 at every step, and every
+    slot would read the same token. r1's step embedding (trxl, gtrxl) or GPT-2's learned positions
+    make the slots' distributions differ."""
+    torch.manual_seed(0)
+    model = dram(f"model.core.kind={core}", "model.glimpses_per_digit=2").eval()
+    for p in model.locator.parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.zeros(2, 1, 30, 30)
+    with torch.no_grad():
+        ep = model(x, policy="mean", num_slots=3)
+    assert not ep.locations.any()
+    logp = ep.log_probs
+    assert not torch.allclose(logp[:, 0], logp[:, 1]) and not torch.allclose(logp[:, 1], logp[:, 2])
+    assert (model.step_embedding is None) == (core == "gpt2")
+    if model.step_embedding is not None:
+        with torch.no_grad():
+            model.step_embedding.zero_()
+            same = model(x, policy="mean", num_slots=3).log_probs
+        torch.testing.assert_close(same[:, 1], same[:, 0])
+        torch.testing.assert_close(same[:, 2], same[:, 0])
+
+
 def _groups(model, loss) -> set[str]:
     model.zero_grad(set_to_none=True)
     loss.backward(retain_graph=True)
@@ -150,8 +178,8 @@ def test_gradient_routing_top(core):
     torch.manual_seed(0)
     model = dram(f"model.core.kind={core}")
     t = _terms(model)
-    # Classification: the glimpse net, the bottom core and the classifier only.
-    assert _groups(model, t.nll) == {"glimpse", "lower", "classifier"}
+    # Classification: the glimpse net, the bottom core and the classifier only (and gtrxl's step embedding).
+    assert _groups(model, t.nll) == {"glimpse", "lower", "classifier"} | ({"step_embedding"} if core == "gtrxl" else set())
     # REINFORCE (the paper's routing): the location net, the top core and the context net.
     assert _groups(model, t.reinforce) == {"locator", "upper", "context"}
     assert _groups(model, t.baseline) == {"baseline"}
