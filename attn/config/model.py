@@ -27,7 +27,8 @@ class CoreBase(Section):
     kind: str = Field("rnn", description=(
             "Not given: the model's own (ram: rnn, dram: lstm). rnn | lstm: recurrent cells; gpt2: transformers.GPT2Model (pre-LN, learned absolute "
             "positions); trxl: Transformer-XL (relative attention, memory); gtrxl: gated TrXL "
-            "(Parisotto et al. 2019)."
+            "(Parisotto et al. 2019). In DRAM, trxl and gtrxl read a learned embedding of the glimpse "
+            "index with each glimpse (relative attention alone cannot tell the label slots apart)."
         ))
 
     def check_against(self, hidden_size: int, num_glimpses: Optional[int], steps_name: str = "model.num_glimpses") -> None:
