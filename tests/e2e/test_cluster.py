@@ -55,12 +55,9 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
     monkeypatch.setenv("RAY_health_check_period_ms", "1000")
     monkeypatch.setenv("RAY_health_check_failure_threshold", "3")
 
-    live = [mlflow_server(tmp_path / "mlflow", port=port)]  # the server of the moment; None while it is down
-    uri = live[0].__enter__()
-    try:
-        with running_ray_head(num_cpus=1) as address:
-            with _train_through_a_lost_node_and_an_outage(tmp_path, address, uri, live, epochs, shared) as driver:
-                out, _ = driver.communicate(timeout=400)
+    with running_ray_head(num_cpus=1) as address:
+        with _train_through_a_lost_node_and_an_outage(tmp_path, address, port, epochs, shared) as (uri, driver):
+            out, _ = driver.communicate(timeout=400)
             # Read back while the cluster's processes (the MLflow server among them) still run.
             assert driver.returncode == 0, out[-4000:]
             # the worker group Ray Train restarted says why it resumes (a user's --resume does not)
@@ -72,9 +69,6 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
             groups = set(re.findall(r"workers \(rank: ip/node\): .*", out))
             assert len(groups) == 2, out[-4000:]
             run_id, local = _check_every_epoch_once_in_mlflow(uri, epochs, shared, tmp_path)
-    finally:
-        if live[0] is not None:
-            live[0].__exit__(None, None, None)
     state = torch.load(local, weights_only=True)
     from attn.config import load_config
     from attn.data.base import DataSpec
@@ -92,42 +86,47 @@ def test_ddp_across_two_nodes_survives_a_lost_node_and_an_mlflow_outage(tmp_path
 
 
 @contextlib.contextmanager
-def _train_through_a_lost_node_and_an_outage(tmp_path: Path, address: str, uri: str, live: list, epochs: int,
-                                             shared: Path):
-    """Joins a second node to the head at ``address`` and starts the two-worker run; once it has two
-    checkpoints, stops the MLflow server ``live[0]`` (port of ``uri``), waits for an epoch to end while
-    it is down, kills the second node, joins a replacement and starts the server again (``live[0]``
-    then). Yields the run's driver, still running, and kills it on exit if it has not ended."""
-    port = int(uri.rsplit(":", 1)[1])
+def _train_through_a_lost_node_and_an_outage(tmp_path: Path, address: str, port: int, epochs: int, shared: Path):
+    """Starts an MLflow server on ``port``, joins a second node to the head at ``address`` and starts
+    the two-worker run; once it has two checkpoints, stops the server, waits for an epoch to end while
+    it is down, kills the second node, joins a replacement and starts the server again. Yields the
+    server's URI and the run's driver, still running; on exit kills the driver if it has not ended
+    and stops the server."""
 
     def checkpoints() -> set[str]:
         return {p.name for p in shared.glob("runs/mnist_ram/*/checkpoint_*")}
 
-    spot_port = free_port()
-    join_node(address, 1, f"--node-manager-port={spot_port}")
-    with background_run(
-        tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
-        f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
-        "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=1", f"ray.storage_path={shared / 'runs'}",
-        f"tracking.tracking_uri={uri}",
-    ) as driver:
-        deadline = time.time() + 300
-        while time.time() < deadline and len(checkpoints()) < 2:  # the first is surely registered
-            time.sleep(0.1)
-        live[0].__exit__(None, None, None)
-        live[0] = None
-        seen = checkpoints()
-        while time.time() < deadline and not checkpoints() - seen:
-            time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
-        workers = marked_processes("RayTrainWorker")
-        assert len(workers) == 2, workers
-        (raylet,) = marked_processes(f"--node_manager_port={spot_port}")
-        kill_pids(with_descendants([raylet]))  # the node vanishes: its raylet, agents and workers
-        join_node(address, 1)  # the replacement node
-        time.sleep(3)
-        live[0] = mlflow_server(tmp_path / "mlflow", port=port)
-        live[0].__enter__()
-        yield driver
+    server = mlflow_server(tmp_path / "mlflow", port=port)
+    uri = server.__enter__()
+    try:
+        spot_port = free_port()
+        join_node(address, 1, f"--node-manager-port={spot_port}")
+        with background_run(
+            tmp_path, str(EXPERIMENT), *SMALL, "data.train_subset=6000", f"train.epochs={epochs}",
+            f"ray.address={address}", "ray.num_workers=2", "ray.cpus_per_worker=1",
+            "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=1", f"ray.storage_path={shared / 'runs'}",
+            f"tracking.tracking_uri={uri}",
+        ) as driver:
+            deadline = time.time() + 300
+            while time.time() < deadline and len(checkpoints()) < 2:  # the first is surely registered
+                time.sleep(0.1)
+            server.__exit__(None, None, None)
+            server = None
+            seen = checkpoints()
+            while time.time() < deadline and not checkpoints() - seen:
+                time.sleep(0.1)  # an epoch ends while the server is down: its metrics are buffered
+            workers = marked_processes("RayTrainWorker")
+            assert len(workers) == 2, workers
+            (raylet,) = marked_processes(f"--node_manager_port={spot_port}")
+            kill_pids(with_descendants([raylet]))  # the node vanishes: its raylet, agents and workers
+            join_node(address, 1)  # the replacement node
+            time.sleep(3)
+            server = mlflow_server(tmp_path / "mlflow", port=port)
+            server.__enter__()
+            yield uri, driver
+    finally:
+        if server is not None:
+            server.__exit__(None, None, None)
 
 
 def _check_every_epoch_once_in_mlflow(uri: str, epochs: int, shared: Path, tmp_path: Path) -> tuple[str, str]:
