@@ -60,7 +60,9 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Arithmetic of the training step: fp32; bf16 (autocast in bfloat16, no loss scaling); fp16 "
-        "(autocast in float16 with a gradient scaler). Weights and optimizer state stay float32 in all three.",
+        "(autocast in float16 with a gradient scaler). Weights and optimizer state stay float32 in all three. On a CPU, "
+        "bf16 is faster than fp32 only with native bfloat16 arithmetic (AVX512-BF16 or AMX; the run's log says when "
+        "it is missing).",
     )
     compile: Literal["off", "default", "reduce-overhead"] = Field(
         "off",

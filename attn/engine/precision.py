@@ -23,6 +23,13 @@ import torch
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16, or AMX tiles), as torch sees it.
+    (oneDNN's own bf16 check also accepts plain AVX-512, where bfloat16 is emulated and slow.)"""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
 class Precision:
     """``train.precision`` on ``device`` (its type picks autocast's and the scaler's backend; fp32
     uses neither, so it needs no device)."""
@@ -38,6 +45,17 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def note(self, native_bf16: Optional[bool] = None) -> Optional[str]:
+        """A line for the run's log when this choice is slower than fp32 on this machine: bf16 on a
+        CPU without native bfloat16 arithmetic (AVX512-BF16 or AMX), where oneDNN converts every
+        operand instead. None otherwise. native_bf16: the CPU's answer (default: this one's)."""
+        if self.name != "bf16" or self.device_type != "cpu":
+            return None
+        if native_bf16 if native_bf16 is not None else cpu_has_native_bf16():
+            return None
+        return ("train.precision bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX), so "
+                "autocast is slower than fp32 here; train.precision=fp32 trains faster on it")
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

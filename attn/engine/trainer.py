@@ -225,6 +225,8 @@ def _describe(run: _Run) -> None:
     )
     for note in data.notes:
         run.log(note)
+    if (note := run.state.precision.note()) is not None:
+        run.log(note)
 
 
 def _run_epoch(run: _Run, epoch: int) -> bool:

@@ -4,6 +4,8 @@ host reads (tests/unit/engine/test_host_syncs.py counts them with fp32; here for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from attn.config import load_config
 from attn.data import BatchLoader, build_data
 from attn.engine.optim import build_optimizer
 from attn.engine.passes import NonFiniteGuard, train_epoch
-from attn.engine.precision import Precision
+from attn.engine.precision import Precision, cpu_has_native_bf16
 from attn.engine.train_state import TrainState
 from attn.models import build_model
 from helpers.cli import ROOT
@@ -63,3 +65,22 @@ def test_the_fp16_loss_scale_is_part_of_the_checkpoint(tmp_path):
     assert fresh.scaler.get_scale() != 1024.0
     TrainState(model, optimizer, None, fresh).restore(folder, "cfg: 1\n")
     assert fresh.scaler.get_scale() == 1024.0
+
+
+def _cpu_flags() -> set[str]:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return set(next(line for line in lines if line.startswith("flags")).split(":", 1)[1].split())
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_native_bf16_is_what_the_cpu_flags_say():
+    flags = _cpu_flags()
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags), sorted(f for f in flags if "avx512" in f)
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_says_fp32_is_faster():
+    note = Precision("bf16", torch.device("cpu")).note(native_bf16=False)
+    assert "no native bfloat16" in note and "train.precision=fp32" in note
+    assert Precision("bf16", torch.device("cpu")).note(native_bf16=True) is None
+    for other in ("fp32", "fp16"):
+        assert Precision(other, torch.device("cpu")).note(native_bf16=False) is None
