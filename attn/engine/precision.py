@@ -52,7 +52,8 @@ class Precision:
         operand instead. None otherwise. native_bf16: the CPU's answer (default: this one's)."""
         if self.name != "bf16" or self.device_type != "cpu":
             return None
-        if native_bf16 if native_bf16 is not None else cpu_has_native_bf16():
+        native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        if native:
             return None
         return ("train.precision bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX), so "
                 "autocast is slower than fp32 here; train.precision=fp32 trains faster on it")
