@@ -1,12 +1,13 @@
 """Benchmarks, each printing a table and then JSON (one line per row):
 
-- ``python -m attn.bench ram [--batch 128] [--steps 200] [--versus-loop] [--versus-eager] [key=value ...]``:
-  full training steps (forward episode, hybrid loss, backward, optimizer step) of RAM on random MNIST-shaped
-  input in this process with the default thread count: images/s (median over repeats) and peak
-  memory; ``--versus-loop`` adds the generic autograd loop, ``--versus-eager`` the uncompiled step
-  (with ``train.compile`` set), each measured in alternation with it. Like
-  every bench of training steps it takes ``train.compile=default`` (or ``reduce-overhead``) and
-  ``train.precision=bf16`` among the overrides.
+- ``python -m attn.bench ram [--batch 128] [--steps 200] [--image 28] [--versus-loop] [--versus-eager]
+  [key=value ...]``: full training steps (forward episode, hybrid loss, backward, optimizer step) of RAM
+  on random gray input (28x28 as MNIST; ``--image 100`` as the cluttered 100x100 canvases) in this
+  process with the default thread count: images/s (median over repeats) and peak memory;
+  ``--versus-loop`` adds the generic autograd loop, ``--versus-eager`` the uncompiled step (with
+  ``train.compile`` set), each measured in alternation with it. Like every bench of training steps
+  it takes ``train.compile=default`` (or ``reduce-overhead``) and ``train.precision=bf16`` among the
+  overrides.
 - ``python -m attn.bench dram [--batch 64] [--steps 20] [key=value ...]``: full training steps of DRAM
   (context net, two stacked cores, conv glimpse net, sequence hybrid loss) on random 54x54 gray input
   with labels of 1-3 digits plus the end token (4 label slots), 3 glimpses per digit (12 glimpses per
@@ -151,26 +152,30 @@ def _row(name: str, model, cfg, rates: list[float], batch: int, steps: int, repe
 
 
 def bench_ram(batch: int, steps: int, repeats: int, overrides: list[str], device=None,
-              versus_loop: bool = False, versus_eager: bool = False) -> list[dict]:
+              versus_loop: bool = False, versus_eager: bool = False, image: int = 28) -> list[dict]:
     """One row, and one more for each comparison, all measured in alternation: ``versus_loop``, the
     same model through the generic autograd loop (the rnn core otherwise runs the hand-written
-    episode); ``versus_eager``, with ``train.compile`` set, the same model uncompiled."""
+    episode); ``versus_eager``, with ``train.compile`` set, the same model uncompiled. ``image``: side
+    of the random gray input (28: MNIST; 60 and 100: the RAM paper's canvases)."""
     device = device or torch.device("cpu")
     cfg = load_config(None, overrides)
     configure_torch()
     variants = [(cfg, False)] + ([(cfg, True)] if versus_loop else [])
     if versus_eager and cfg.train.compile != "off":
         variants.append((load_config(None, overrides + ["train.compile=off"]), False))
+    spec = DataSpec(1, image, image, 10, SPEC.class_names)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(batch, 1, image, image, generator=g), torch.randint(0, 10, (batch,), generator=g)
     models, steps_of = [], []
     for variant, loop in variants:
         torch.manual_seed(variant.train.seed)
-        model = build_model(variant.model, SPEC).to(device)
+        model = build_model(variant.model, spec).to(device)
         model.hand_written = model.hand_written and not loop
         models.append(model)
-        steps_of.append(_training_step(model, variant, batch, device=device))
+        steps_of.append(_training_step(model, variant, batch, images, labels, spec, device))
     rates = _rates(steps_of, batch, steps, repeats, device)
     return [
-        _row("ram", model, variant, r, batch, steps, repeats, device, glimpses=variant.model.num_glimpses,
+        _row("ram", model, variant, r, batch, steps, repeats, device, glimpses=variant.model.num_glimpses, image=image,
              episode="hand-written" if model.hand_written and variant.train.compile == "off" else "loop")
         for model, (variant, _), r in zip(models, variants, rates)
     ]
@@ -378,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "--versus-eager", action="store_true",
         help="ram with train.compile set: also measure the uncompiled step (in alternation)",
     )
-    p.add_argument("--image", type=int, default=54, help="dram: side of the random input images")
+    p.add_argument("--image", type=int, default=None, help="ram, dram: side of the random input images (28, 54)")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="dram: channels of the input images")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.num_glimpses=8")
     args = p.parse_intermixed_args(argv)
@@ -394,11 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.which == "ram":
             rows = bench_ram(args.batch or 128, args.steps or 200, args.repeats, args.overrides, device,
-                             args.versus_loop, args.versus_eager)
-            keys = ["name", "device", "episode", "compile", "precision", "core", "glimpses", "batch", "images_per_s",
-                    "ms_per_step", "peak_mem_mb", "threads"]
+                             args.versus_loop, args.versus_eager, args.image or 28)
+            keys = ["name", "device", "episode", "compile", "precision", "core", "image", "glimpses", "batch",
+                    "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]
         elif args.which == "dram":
-            rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides, device, args.image,
+            rows = [bench_dram(args.batch or 64, args.steps or 20, args.repeats, args.overrides, device, args.image or 54,
                                args.channels)]
             keys = ["name", "device", "compile", "precision", "core", "context", "image", "glimpses_per_digit",
                     "glimpses", "batch", "images_per_s", "ms_per_step", "peak_mem_mb", "threads"]

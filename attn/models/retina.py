@@ -10,9 +10,8 @@ size_i) and the columns likewise; odd and even sizes both work. Pixels outside t
 block means for integer s, overlapping bins otherwise).
 
 Implementation: the image is padded once per episode (:meth:`Retina.pad`), then each glimpse is one
-gather of the largest S x S patch for the whole batch plus one einsum that crops and pools every
-scale at once with precomputed averaging matrices P_i (g x S): patch_i = P_i X P_i^T. There is no
-Python loop over samples or scales.
+gather of the largest S x S patch for the whole batch and one adaptive average pooling per scale of
+the view of patch i inside it. There is no Python loop over samples.
 """
 
 from __future__ import annotations
@@ -50,23 +49,6 @@ def patch_boxes(loc: torch.Tensor, height: int, width: int, sizes: list[int]) ->
     return torch.stack([x0, y0, x0 + s, y0 + s], dim=-1)
 
 
-def _pool_matrices(g: int, sizes: list[int]) -> torch.Tensor:
-    """(k, g, S) matrices that crop patch i out of the S x S patch and average it down to g x g.
-
-    Row j of P_i averages rows [floor(j * n / g), ceil((j + 1) * n / g)) of patch i (n = size_i),
-    which sit at offset S // 2 - n // 2 inside the largest patch: the bins of adaptive_avg_pool2d.
-    """
-    big = max(sizes)
-    mats = torch.zeros(len(sizes), g, big, dtype=torch.float64)
-    for i, n in enumerate(sizes):
-        off = big // 2 - n // 2
-        for j in range(g):
-            lo = (j * n) // g
-            hi = -((-(j + 1) * n) // g)
-            mats[i, j, off + lo : off + hi] = 1.0 / (hi - lo)
-    return mats
-
-
 class Retina(nn.Module):
     """Extracts glimpses: images (B, C, H, W), locations l (B, 2) -> (B, k * C, g, g).
 
@@ -84,12 +66,10 @@ class Retina(nn.Module):
         self.sizes = patch_sizes(patch_size, num_scales, scale)
         self.S = max(self.sizes)
         self.pad_value = float(pad_value)
-        # Identity pooling (k = 1, no resize) needs no matrices: the gathered patch is the glimpse.
+        # Identity pooling (k = 1, no resize): the gathered patch is the glimpse.
         self.identity = self.k == 1 and self.S == self.g
-        # Exact float64 weights (1/3 is not a float32) for double-precision use; a float32 buffer
-        # that follows the module's device for the usual case.
-        self._pool64 = _pool_matrices(self.g, self.sizes)
-        self.register_buffer("pool", self._pool64.float(), persistent=False)
+        # Patch i inside the largest one: rows and columns [off_i, off_i + size_i).
+        self.offsets = [self.S // 2 - n // 2 for n in self.sizes]
         self._offset_cache: dict = {}
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,18 +116,24 @@ class Retina(nn.Module):
         half, strides, offsets = self._index_constants(height, width, Wp, padded.device, loc.dtype)
         c = glimpse_centres(loc, height, width, half)
         # Top-left of the S x S patch in padded coordinates is exactly (cy, cx): the padding is S // 2.
-        idx = (c * strides).sum(1, keepdim=True) + offsets  # (B, S*S) flat indices
-        flat = padded.reshape(B, C, Hp * Wp)
-        index = idx[:, None, :] if C == 1 else idx[:, None, :].expand(B, C, -1)
         if self.identity:
+            idx = (c * strides).sum(1, keepdim=True) + offsets  # (B, g*g) flat indices
+            flat = padded.reshape(B, C, Hp * Wp)
+            index = idx[:, None, :] if C == 1 else idx[:, None, :].expand(B, C, -1)
             if out is None:
                 return flat.gather(2, index).view(B, C, self.g, self.g)
             return torch.gather(flat, 2, index, out=out.view(B, C, -1)).view(B, C, self.g, self.g)
-        patch = flat.gather(2, index).view(B, C, self.S, self.S)
-        # (k, g, S) x (B, C, S, S) x (k, g, S)^T -> (B, k, C, g, g)
-        pool = self._pool64.to(patch.device) if patch.dtype == torch.float64 else self.pool.to(patch.dtype)
-        glimpses = torch.einsum("kgs,bcst,kht->bkcgh", pool, patch, pool).reshape(B, self.k * C, self.g, self.g)
-        return glimpses if out is None else out.view_as(glimpses).copy_(glimpses)
+        # Every S x S window of the padded image as a view; indexing it copies each sample's own.
+        windows = padded.unfold(2, self.S, 1).unfold(3, self.S, 1)  # (B, C, H + 1, W + 1, S, S)
+        patch = windows[torch.arange(B, device=padded.device), :, c[:, 1], c[:, 0]]  # (B, C, S, S)
+        shape = (B, self.k, C, self.g, self.g)
+        glimpses = patch.new_empty(shape) if out is None else out.view(shape)
+        for i, (n, off) in enumerate(zip(self.sizes, self.offsets)):
+            # a view of patch i, pooled over its own n x n pixels only (k pools of n^2 reads, where
+            # pooling matrices over the whole S x S patch would cost k g S^2 products)
+            part = patch[:, :, off : off + n, off : off + n]
+            glimpses[:, i] = part if n == self.g else F.adaptive_avg_pool2d(part, self.g)
+        return glimpses.view(B, self.k * C, self.g, self.g)
 
     def extra_repr(self) -> str:
         return f"g={self.g}, k={self.k}, sizes={self.sizes}, pad_value={self.pad_value}"

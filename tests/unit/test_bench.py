@@ -22,6 +22,17 @@ def test_bench_ram_prints_table_then_json():
     assert all(r["name"] == "ram" and r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rows)
     assert "images_per_s" in proc.stdout.splitlines()[0]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == rows[-1]  # the JSON lines come last
+    assert all(r["image"] == 28 for r in rows)
+
+
+def test_bench_ram_on_a_cluttered_canvas_size():
+    """--image 100 with the 100x100 task's retina (4 scales of 12x12: the largest patch is 96 px)."""
+    proc = subprocess.run([sys.executable, "-m", "attn.bench", "ram", "--steps", "1", "--image", "100", *TINY,
+                           "model.retina.patch_size=12", "model.retina.num_scales=4", "model.num_glimpses=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _json_rows(proc.stdout)
+    assert row["image"] == 100 and row["scales"] == 4 and row["patch"] == 12 and row["images_per_s"] > 0
 
 
 def test_bench_cores_layer_passes_linear_with_cache_quadratic_without():
