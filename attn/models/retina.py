@@ -79,9 +79,10 @@ class Retina(nn.Module):
 
     def _index_constants(self, height: int, width: int, padded_width: int, device: torch.device, dtype: torch.dtype):
         """Per image size, cached: (W/2, H/2) for :func:`glimpse_centres`, the flat strides (1, W + S) of
-        a padded image, and the (S*S,) offsets of an S x S patch's pixels from its top-left. A compiled
-        episode builds them in its graph (the compiler folds them): filling the cache while tracing
-        would change what the graph was traced against and compile it again at the next call."""
+        a padded image, and (identity retina; None otherwise) the (g*g,) offsets of a patch's pixels
+        from its top-left. A compiled episode builds them in its graph (the compiler folds them):
+        filling the cache while tracing would change what the graph was traced against and compile it
+        again at the next call."""
         if torch.compiler.is_compiling():
             return self._make_constants(height, width, padded_width, device, dtype)
         key = (height, width, padded_width, device, dtype)
@@ -95,7 +96,7 @@ class Retina(nn.Module):
         return (
             torch.tensor([0.5 * width, 0.5 * height], device=device, dtype=dtype),
             torch.tensor([1, padded_width], device=device),
-            (o[:, None] * padded_width + o[None, :]).reshape(-1),
+            (o[:, None] * padded_width + o[None, :]).reshape(-1) if self.identity else None,
         )
 
     def forward(
