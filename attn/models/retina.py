@@ -130,8 +130,8 @@ class Retina(nn.Module):
         shape = (B, self.k, C, self.g, self.g)
         glimpses = patch.new_empty(shape) if out is None else out.view(shape)
         for i, (n, off) in enumerate(zip(self.sizes, self.offsets)):
-            # a view of patch i, pooled over its own n x n pixels only (k pools of n^2 reads, where
-            # pooling matrices over the whole S x S patch would cost k g S^2 products)
+            # a view of patch i, pooled over its own n x n pixels only: the work grows with the sum of
+            # n_i^2, not with k S^2
             part = patch[:, :, off : off + n, off : off + n]
             glimpses[:, i] = part if n == self.g else F.adaptive_avg_pool2d(part, self.g)
         return glimpses.view(B, self.k * C, self.g, self.g)
